@@ -1,0 +1,340 @@
+"""Settings: a TOML file, then MAILBRIDGE_* environment variables, then secret files; built once."""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import date, time
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "MAILBRIDGE_"
+DEFAULT_SECRET_DIRS = ("/run/secrets",)
+
+
+class Group(BaseModel):
+    """A settings group: unknown keys are errors, so a typo in the TOML file is caught."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ImapSecurity(StrEnum):
+    TLS = "tls"
+    PLAIN = "plain"
+
+
+class SmtpSecurity(StrEnum):
+    TLS = "tls"
+    STARTTLS = "starttls"
+    PLAIN = "plain"
+
+
+class CcMode(StrEnum):
+    REJECT = "reject"
+    FLAG = "flag"
+    ALLOW = "allow"
+
+
+class ImapSettings(Group):
+    host: str = "localhost"
+    port: int = Field(993, ge=1, le=65535)
+    security: ImapSecurity = ImapSecurity.TLS
+    ca_file: Path | None = None
+    user: str = ""
+    password: SecretStr = SecretStr("")
+    folders: list[str] = Field(default_factory=lambda: ["INBOX"], min_length=1)
+    processed_folder: str = "Processed"
+    rejected_folder: str = "Rejected"
+    quarantine_folder: str = "Quarantine"
+    done_keyword: str = "MailbridgeDone"
+    fetch_batch: int = Field(10, ge=1, le=200)
+    idle: bool = True
+    idle_renew_seconds: float = Field(540.0, gt=0, le=1740)
+    poll_seconds: float = Field(30.0, gt=0)
+    timeout_seconds: float = Field(30.0, gt=0)
+    backoff_max_seconds: float = Field(300.0, gt=0)
+
+
+class SmtpSettings(Group):
+    host: str = "localhost"
+    port: int = Field(587, ge=1, le=65535)
+    security: SmtpSecurity = SmtpSecurity.STARTTLS
+    ca_file: Path | None = None
+    user: str = ""
+    password: SecretStr = SecretStr("")
+    local_hostname: str = "mailbridge.localdomain"
+    timeout_seconds: float = Field(30.0, gt=0)
+    max_attempts: int = Field(8, ge=1)
+    backoff_base_seconds: float = Field(30.0, gt=0)
+    backoff_max_seconds: float = Field(3600.0, gt=0)
+    poll_seconds: float = Field(5.0, gt=0)
+
+
+class DatabaseSettings(Group):
+    url: str = ""
+    echo: bool = False
+
+
+class StorageSettings(Group):
+    data_dir: Path = Path("data")
+    max_message_bytes: int = Field(25 * 1024 * 1024, ge=1024)
+    max_attachment_bytes: int = Field(20 * 1024 * 1024, ge=1)
+
+
+class PolicySettings(Group):
+    cc_mode: CcMode = CcMode.REJECT
+    own_addresses: list[str] = Field(default_factory=list)
+    own_domains: list[str] = Field(default_factory=list)
+    noreply_pattern: str = (
+        r"^(mailer-daemon|postmaster|no-?reply|do-?not-?reply|bounces?|notifications?)([+@.-]|$)"
+    )
+
+    @field_validator("noreply_pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise ValueError(f"not a regular expression: {error}") from error
+        return value
+
+
+class TicketSettings(Group):
+    number_format: str = "MB-{id:06d}"
+
+    @field_validator("number_format")
+    @classmethod
+    def _has_id(cls, value: str) -> str:
+        try:
+            rendered = value.format(id=1)
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(f"must format with {{id}}: {error}") from error
+        if rendered == value.format(id=2):
+            raise ValueError("must contain {id}")
+        return value
+
+
+class AckSettings(Group):
+    enabled: bool = True
+    from_address: str = "support@example.com"
+    from_name: str = "Support"
+    envelope_sender: str | None = None
+    message_id_domain: str = "mailbridge.invalid"
+    loop_header_value: str = "mailbridge"
+    templates_dir: Path | None = None
+    default_language: Literal["en", "ro", "sr"] = "en"
+    company: str = "Support team"
+    emergency_phone: str = ""
+    max_per_recipient_hour: int = Field(10, ge=0)
+    max_per_recipient_day: int = Field(40, ge=0)
+
+
+class HoursSettings(Group):
+    timezone: str = "Europe/Bucharest"
+    working_days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
+        default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"]
+    )
+    open: time = time(8, 0)
+    close: time = time(17, 0)
+    holidays_country: str = "RO"
+    closed_dates: list[date] = Field(default_factory=list)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as error:
+            raise ValueError(f"unknown time zone {value!r}") from error
+        return value
+
+
+class ClassifySettings(Group):
+    departments: dict[str, str] = Field(
+        default_factory=lambda: {
+            "support": "Support",
+            "financiar": "Billing",
+            "financial": "Billing",
+            "billing": "Billing",
+            "office": "Sales",
+        }
+    )
+    default_department: str = "Support"
+    urgent_words: list[str] = Field(
+        default_factory=lambda: [
+            "site down",
+            "website down",
+            "site-ul nu merge",
+            "site-ul nu functioneaza",
+            "site-ul nu funcționează",
+            "sajt ne radi",
+            "сајт не ради",
+            "hitno",
+            "хитно",
+            "urgent",
+        ]
+    )
+    type_keywords: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class LogSettings(Group):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Settings(BaseSettings):
+    """The whole configuration; see config/mailbridge.example.toml for every key."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    imap: ImapSettings = Field(default_factory=ImapSettings)
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    tickets: TicketSettings = Field(default_factory=TicketSettings)
+    ack: AckSettings = Field(default_factory=AckSettings)
+    hours: HoursSettings = Field(default_factory=HoursSettings)
+    classify: ClassifySettings = Field(default_factory=ClassifySettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @property
+    def database_url(self) -> str:
+        """The configured URL, or SQLite in the data directory (the embedded default)."""
+        if self.database.url:
+            return self.database.url
+        return f"sqlite+aiosqlite:///{(self.storage.data_dir / 'mailbridge.db').resolve()}"
+
+    @property
+    def own_addresses(self) -> frozenset[str]:
+        """Addresses that are ours: never a third party in Cc, never acknowledged."""
+        mine = {address.lower() for address in self.policy.own_addresses}
+        mine.add(self.ack.from_address.lower())
+        if self.imap.user and "@" in self.imap.user:
+            mine.add(self.imap.user.lower())
+        return frozenset(mine)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Highest priority first: explicit values, environment, secret files, the TOML file.
+        toml_path = _CONFIG_PATH.get("path")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources.append(NestedSecretsSource(settings_cls, _secret_dirs()))
+        if toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+
+# pydantic-settings builds sources from class state; this holds the file chosen for one load.
+_CONFIG_PATH: dict[str, Path | None] = {}
+
+
+def _secret_dirs() -> list[Path]:
+    dirs = [Path(d) for d in DEFAULT_SECRET_DIRS]
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials:
+        dirs.append(Path(credentials))
+    extra = os.environ.get("MAILBRIDGE_SECRETS_DIR")
+    if extra:
+        dirs.append(Path(extra))
+    return [d for d in dirs if d.is_dir()]
+
+
+class NestedSecretsSource(PydanticBaseSettingsSource):
+    """Secret files named like the variables: `imap__password` or `MAILBRIDGE_IMAP__PASSWORD`.
+
+    The built-in secrets source cannot fill nested groups, and systemd's LoadCredential= and
+    Docker secrets both hand over one file per value.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], dirs: list[Path]) -> None:
+        super().__init__(settings_cls)
+        self._dirs = dirs
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for directory in self._dirs:
+            for path in sorted(directory.iterdir()):
+                name = path.name.lower()
+                if name.startswith(ENV_PREFIX.lower()):
+                    name = name[len(ENV_PREFIX) :]
+                parts = name.split("__")
+                if len(parts) != 2 or parts[0] not in self.settings_cls.model_fields:
+                    continue
+                if not path.is_file():
+                    continue
+                value = path.read_text(encoding="utf-8").strip()
+                found.setdefault(parts[0], {})[parts[1]] = value
+        return found
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message is one line naming the key."""
+
+
+def load_settings(config_path: Path | str | None = None) -> Settings:
+    """Build Settings from the TOML file (argument or MAILBRIDGE_CONFIG), env and secret files."""
+    path_text = config_path if config_path is not None else os.environ.get("MAILBRIDGE_CONFIG")
+    path = Path(path_text) if path_text else None
+    if path is not None and not path.is_file():
+        raise ConfigError(f"config file {path}: not found or not a file")
+    _CONFIG_PATH["path"] = path
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error)) from None
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"config file {path}: {error}") from None
+    finally:
+        _CONFIG_PATH.pop("path", None)
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line: each bad key with what is wrong with it."""
+    parts = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(root)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown setting"
+        parts.append(f"{key}: {message}")
+    return "invalid setting " + "; ".join(parts)
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, every secret shown as '**********'."""
+    data: dict[str, Any] = settings.model_dump(mode="json")
+    data["database"]["effective_url"] = _redact_url(settings.database_url)
+    data["database"]["url"] = _redact_url(settings.database.url)
+    return data
+
+
+def _redact_url(url: str) -> str:
+    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1**********@", url)
