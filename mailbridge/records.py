@@ -220,17 +220,21 @@ class Outcome(StrEnum):
     TICKET_CREATED = "ticket_created"
     FOLLOW_UP = "follow_up"
     REJECTED = "rejected"
-    DUPLICATE = "duplicate"
     QUARANTINED = "quarantined"
     DISCARDED = "discarded"
 
 
 @dataclass(frozen=True, slots=True)
 class ProcessResult:
-    """What processing one message did, for logs, the CLI and the IMAP settle step."""
+    """What processing one message did, for logs, the CLI and the IMAP settle step.
+
+    `duplicate` means the message was already held: `outcome` is then what it became the
+    first time, so the IMAP copy is settled into the same folder.
+    """
 
     outcome: Outcome
     inbound_id: int
     ticket_number: str | None = None
     error: str | None = None
     stage: str | None = None
+    duplicate: bool = False

@@ -1,0 +1,61 @@
+"""Content-addressed file store for attachment bytes: one file per sha256, written atomically."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from mailbridge.errors import PermanentError, TransientError
+
+# Running out of space or quota clears up without touching the message: retry it later.
+_TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.EINTR, errno.EIO})
+
+
+class BlobStore:
+    """Files at `root/ab/cd/<sha256>`; the same bytes sent 100 times are stored once.
+
+    A blob is written (and fsynced) before the database row that names it is committed, so a
+    crash can leave an unreferenced file but never a row without its bytes.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path_for(self, sha256: str) -> Path:
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+        return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def put(self, data: bytes) -> str:
+        """Store `data` and return its sha256; storing bytes already present is a no-op."""
+        digest = hashlib.sha256(data).hexdigest()
+        target = self.path_for(digest)
+        if target.exists() and target.stat().st_size == len(data):
+            return digest
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(temp_name, target)
+            except BaseException:
+                Path(temp_name).unlink(missing_ok=True)
+                raise
+        except OSError as error:
+            message = f"attachment store {self.root}: {error.strerror or error}"
+            if error.errno in _TRANSIENT_ERRNOS:
+                raise TransientError(message) from error
+            raise PermanentError("store", message) from error
+        return digest
+
+    def get(self, sha256: str) -> bytes:
+        return self.path_for(sha256).read_bytes()
+
+    def exists(self, sha256: str) -> bool:
+        return self.path_for(sha256).is_file()

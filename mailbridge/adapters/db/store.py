@@ -1,0 +1,226 @@
+"""Queries and writes the pipeline needs, on a session the caller owns (and commits)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailbridge.adapters.db.models import (
+    AttachmentRow,
+    Customer,
+    InboundMessage,
+    MailboxCheckpoint,
+    Outbox,
+    Ticket,
+    TicketMessage,
+    TicketParticipant,
+    utcnow,
+)
+from mailbridge.records import (
+    Classification,
+    CustomerView,
+    OutgoingMail,
+    ParsedMail,
+    Priority,
+    TicketView,
+)
+
+
+async def inbound_by_key(session: AsyncSession, dedupe_key: str) -> InboundMessage | None:
+    return await session.scalar(select(InboundMessage).where(InboundMessage.dedupe_key == dedupe_key))
+
+
+async def outcomes_at(
+    session: AsyncSession, mailbox: str, uidvalidity: int, uids: Sequence[int]
+) -> dict[int, str]:
+    """What became of messages we already hold at these IMAP locations, by UID."""
+    if not uids:
+        return {}
+    rows = await session.execute(
+        select(InboundMessage.uid, InboundMessage.outcome).where(
+            InboundMessage.mailbox == mailbox,
+            InboundMessage.uidvalidity == uidvalidity,
+            InboundMessage.uid.in_(list(uids)),
+        )
+    )
+    return {int(uid): outcome for uid, outcome in rows if uid is not None and outcome}
+
+
+async def checkpoint(session: AsyncSession, mailbox: str) -> MailboxCheckpoint | None:
+    return await session.get(MailboxCheckpoint, mailbox)
+
+
+async def advance_checkpoint(
+    session: AsyncSession, mailbox: str, uidvalidity: int, uid: int
+) -> None:
+    """Move the checkpoint forward (never back); a new UIDVALIDITY starts it again."""
+    row = await session.get(MailboxCheckpoint, mailbox, with_for_update=True)
+    if row is None:
+        session.add(MailboxCheckpoint(mailbox=mailbox, uidvalidity=uidvalidity, last_uid=uid))
+        return
+    if row.uidvalidity != uidvalidity:
+        row.uidvalidity, row.last_uid = uidvalidity, uid
+    else:
+        row.last_uid = max(row.last_uid, uid)
+    row.updated_at = utcnow()
+
+
+async def _views(session: AsyncSession, tickets: Iterable[Ticket]) -> dict[int, TicketView]:
+    tickets = list(tickets)
+    if not tickets:
+        return {}
+    ids = [t.id for t in tickets]
+    rows = await session.execute(
+        select(TicketParticipant.ticket_id, TicketParticipant.email).where(
+            TicketParticipant.ticket_id.in_(ids)
+        )
+    )
+    participants: dict[int, set[str]] = {t.id: set() for t in tickets}
+    for ticket_id, email in rows:
+        participants[ticket_id].add(email)
+    return {
+        t.id: TicketView(
+            number=t.number or "", participants=frozenset(participants[t.id]), language=t.language
+        )
+        for t in tickets
+    }
+
+
+async def tickets_by_reference(
+    session: AsyncSession, message_ids: Sequence[str]
+) -> dict[str, TicketView]:
+    """Tickets that sent or received a message with one of these Message-IDs."""
+    if not message_ids:
+        return {}
+    pairs: list[tuple[str, int]] = []
+    for column, ticket_column in (
+        (TicketMessage.message_id, TicketMessage.ticket_id),
+        (Outbox.message_id, Outbox.ticket_id),
+    ):
+        rows = await session.execute(
+            select(column, ticket_column).where(
+                column.in_(list(message_ids)), ticket_column.is_not(None)
+            )
+        )
+        pairs.extend((mid, tid) for mid, tid in rows if mid is not None and tid is not None)
+    tickets = (await session.scalars(select(Ticket).where(Ticket.id.in_({t for _, t in pairs})))).all()
+    views = await _views(session, tickets)
+    return {mid: views[tid] for mid, tid in pairs if tid in views}
+
+
+async def tickets_by_number(session: AsyncSession, numbers: Sequence[str]) -> dict[str, TicketView]:
+    if not numbers:
+        return {}
+    tickets = (await session.scalars(select(Ticket).where(Ticket.number.in_(list(numbers))))).all()
+    views = await _views(session, tickets)
+    return {view.number: view for view in views.values()}
+
+
+async def customer_by_email(session: AsyncSession, email: str | None) -> CustomerView | None:
+    if not email:
+        return None
+    row = await session.scalar(select(Customer).where(Customer.email == email.strip().lower()))
+    if row is None:
+        return None
+    return CustomerView(
+        email=row.email,
+        name=row.name,
+        language=row.language,
+        priority=Priority(row.priority),
+        company=row.company,
+    )
+
+
+async def outgoing_count_since(session: AsyncSession, rcpt: str, since: datetime) -> int:
+    """Automatic mail queued to one recipient since a moment (for the per-recipient caps)."""
+    count = await session.scalar(
+        select(func.count(Outbox.id)).where(Outbox.rcpt_to == rcpt.lower(), Outbox.created_at >= since)
+    )
+    return int(count or 0)
+
+
+async def ticket_has_ack(session: AsyncSession, ticket_id: int) -> bool:
+    found = await session.scalar(
+        select(Outbox.id).where(Outbox.ticket_id == ticket_id, Outbox.kind == "ack").limit(1)
+    )
+    return found is not None
+
+
+def new_ticket(
+    parsed: ParsedMail,
+    classification: Classification,
+    *,
+    requester_email: str,
+    requester_name: str,
+    language: str,
+    cc_flag: bool,
+    cc_addresses: Sequence[str],
+    linked_ticket_id: int | None,
+) -> Ticket:
+    return Ticket(
+        subject=parsed.subject,
+        requester_email=requester_email,
+        requester_name=requester_name,
+        status="open",
+        ticket_type=classification.ticket_type.value,
+        type_rule=classification.type_rule,
+        department=classification.department,
+        priority=classification.priority.value,
+        priority_reasons=list(classification.priority_reasons),
+        language=language,
+        cc_flag=cc_flag,
+        cc_addresses=list(cc_addresses),
+        linked_ticket_id=linked_ticket_id,
+    )
+
+
+def new_message(
+    ticket_id: int, inbound_id: int | None, parsed: ParsedMail, display_text: str
+) -> TicketMessage:
+    sender = parsed.requester
+    return TicketMessage(
+        ticket_id=ticket_id,
+        inbound_id=inbound_id,
+        message_id=parsed.message_id,
+        sender_email=sender.key if sender else "",
+        sender_name=sender.name if sender else "",
+        subject=parsed.subject,
+        body_text=parsed.body_text,
+        display_text=display_text,
+        body_html=parsed.body_html,
+        defects=list(parsed.defects),
+        omitted=list(parsed.omitted),
+        attachments=[
+            AttachmentRow(
+                filename=a.filename,
+                content_type=a.content_type,
+                size=a.size,
+                sha256=a.sha256,
+                inline=a.inline,
+                content_id=a.content_id,
+            )
+            for a in parsed.attachments
+        ],
+    )
+
+
+def outbox_row(mail: OutgoingMail, *, ticket_id: int | None, inbound_id: int | None) -> Outbox:
+    return Outbox(
+        kind=mail.kind,
+        ticket_id=ticket_id,
+        inbound_id=inbound_id,
+        message_id=mail.message_id,
+        mail_from=mail.mail_from,
+        rcpt_to=",".join(r.lower() for r in mail.rcpt_to),
+        data=mail.data,
+        state="pending",
+        attempts=0,
+        next_attempt_at=utcnow(),
+    )
+
+
+async def ticket_by_number(session: AsyncSession, number: str) -> Ticket | None:
+    return await session.scalar(select(Ticket).where(Ticket.number == number))

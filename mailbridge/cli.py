@@ -1,0 +1,212 @@
+"""The `mailbridge` command: run, db upgrade, config check; admin commands register here too."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import wraps
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+import structlog
+
+from mailbridge import __version__, logs
+from mailbridge.adapters.db.engine import (
+    SchemaError,
+    current_revision,
+    head_revision,
+    make_engine,
+    upgrade,
+)
+from mailbridge.app import open_app
+from mailbridge.errors import TransientError
+from mailbridge.settings import ConfigError, Settings, load_settings, redacted
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_TEMPFAIL = 75  # sysexits.h EX_TEMPFAIL: an MTA keeps the message and retries
+
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+
+
+class CommandError(click.ClickException):
+    """A one-line error for the user, with the exit code it deserves."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def fail(message: str, exit_code: int = EXIT_ERROR) -> NoReturn:
+    raise CommandError(message, exit_code)
+
+
+class OneLineErrors(click.Group):
+    """Errors print as one line, `mailbridge: error: …`, never a usage dump or a traceback."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.Exit as done:
+            sys.exit(done.exit_code)
+        except click.exceptions.Abort:
+            click.echo("mailbridge: aborted", err=True)
+            sys.exit(EXIT_ERROR)
+        except click.UsageError as error:
+            hint = f" (see `{error.ctx.command_path} --help`)" if error.ctx else ""
+            click.echo(f"mailbridge: error: {_one_line(error.format_message())}{hint}", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as error:
+            click.echo(f"mailbridge: error: {_one_line(error.format_message())}", err=True)
+            sys.exit(error.exit_code)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class Context:
+    """Per-invocation state: where the config comes from, and the Settings once loaded."""
+
+    def __init__(self, config: Path | None) -> None:
+        self.config = config
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            try:
+                self._settings = load_settings(self.config)
+            except ConfigError as error:
+                fail(str(error), EXIT_USAGE)
+            logs.configure(self._settings.log.level, self._settings.log.format)
+        return self._settings
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+def run_async(function: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
+    """Run an async command body; database and schema trouble become one-line errors."""
+
+    @wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return asyncio.run(function(*args, **kwargs))
+        except SchemaError as error:
+            fail(str(error))
+        except TransientError as error:
+            fail(f"temporary failure, try again later: {error}", EXIT_TEMPFAIL)
+        except OSError as error:
+            fail(str(error))
+
+    return wrapper
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "-c",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="MAILBRIDGE_CONFIG",
+    help="TOML settings file (default: $MAILBRIDGE_CONFIG; environment and secrets override).",
+)
+@click.version_option(__version__, prog_name="mailbridge")
+@click.pass_context
+def main(ctx: click.Context, config: Path | None) -> None:
+    """mailbridge: support mail in over IMAP, tickets in a database, acknowledgements out.
+
+    \b
+    Examples:
+      mailbridge -c mailbridge.toml db upgrade
+      mailbridge -c mailbridge.toml run
+      mailbridge -c mailbridge.toml run --once      # drain mailbox and outbox, then exit
+      mailbridge -c mailbridge.toml config check
+
+    Exit codes: 0 ok, 1 failure, 2 bad usage or settings, 75 temporary failure (retry).
+    """
+    ctx.obj = Context(config)
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Drain the mailbox and the outbox, then exit.")
+@pass_context
+@run_async
+async def run(context: Context, once: bool) -> None:
+    """Run the daemon: IDLE on each folder, make tickets, send acknowledgements.
+
+    SIGTERM or SIGINT lets the message in hand finish, then stops cleanly.
+    """
+    settings = context.settings
+    async with open_app(settings) as app:
+        daemon = app.daemon()
+        if once:
+            handled, pending = await daemon.run_once()
+            click.echo(f"handled {handled} message(s); {pending} acknowledgement(s) still queued")
+            return
+        daemon.install_signal_handlers()
+        log.info("daemon_started", version=__version__, folders=settings.imap.folders)
+        await daemon.run()
+
+
+@main.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@pass_context
+@run_async
+async def db_upgrade(context: Context, revision: str) -> None:
+    """Apply the schema migrations (safe to run on every start)."""
+    url = context.settings.database_url
+    engine = make_engine(url)
+    try:
+        await upgrade(engine, url, revision)
+        now = await current_revision(engine)
+    finally:
+        await engine.dispose()
+    click.echo(f"database schema at {now} (head {head_revision(url)})")
+
+
+@main.group("config")
+def config_group() -> None:
+    """Settings commands."""
+
+
+@config_group.command("check")
+@pass_context
+def config_check(context: Context) -> None:
+    """Validate the settings and print the effective values, secrets redacted."""
+    click.echo(json.dumps(redacted(context.settings), indent=2, default=str))
+
+
+def run_command(awaitable: Awaitable[T]) -> T:
+    """For admin modules: run one coroutine the same way commands do."""
+
+    async def runner() -> T:
+        return await awaitable
+
+    return run_async(runner)()
+
+
+def _register_admin_commands() -> None:
+    """Commands that live in their own modules attach themselves to `main` here."""
+    import importlib
+
+    for name in ("mailbridge.cli_mail", "mailbridge.cli_admin"):
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if error.name != name:
+                raise
+
+
+_register_admin_commands()

@@ -1,0 +1,168 @@
+"""The outbox worker: sends committed outbox rows over SMTP, with retries and a final state."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from mailbridge.adapters.db.models import Outbox
+from mailbridge.adapters.smtp import SendResult, SendStatus, SmtpSender, retry_delay
+from mailbridge.records import OutgoingMail
+from mailbridge.settings import SmtpSettings
+
+log = structlog.get_logger(__name__)
+
+_BATCH = 50
+
+
+@dataclass(frozen=True, slots=True)
+class DrainReport:
+    """What one pass over the due outbox rows did."""
+
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+
+    def __add__(self, other: DrainReport) -> DrainReport:
+        return DrainReport(
+            self.sent + other.sent, self.retried + other.retried, self.failed + other.failed
+        )
+
+
+def outgoing_of(row: Outbox) -> OutgoingMail:
+    return OutgoingMail(
+        kind=row.kind,
+        message_id=row.message_id,
+        mail_from=row.mail_from,
+        rcpt_to=tuple(r for r in row.rcpt_to.split(",") if r),
+        data=row.data,
+    )
+
+
+def next_state(
+    row_attempts: int,
+    row_uncertain: bool,
+    result: SendResult,
+    settings: SmtpSettings,
+    now: datetime,
+    rng: random.Random,
+) -> tuple[str, datetime | None, bool]:
+    """(state, next attempt, uncertain) after one send; pure so the rules are easy to test.
+
+    4xx and network trouble retry with capped jittered backoff until `max_attempts`; 5xx is
+    final; a send that may have arrived (timeout after the final dot) is retried only once,
+    with the same Message-ID, so at worst the customer sees one duplicate they can recognise.
+    """
+    if result.status is SendStatus.SENT:
+        return "sent", None, row_uncertain
+    if result.status is SendStatus.FAILED:
+        return "failed", None, row_uncertain
+    attempts = row_attempts + 1
+    if result.maybe_delivered and row_uncertain:
+        return "failed", None, True
+    if attempts >= settings.max_attempts:
+        return "failed", None, row_uncertain or result.maybe_delivered
+    delay = retry_delay(
+        attempts, settings.backoff_base_seconds, settings.backoff_max_seconds, rng
+    )
+    return "pending", now + timedelta(seconds=delay), row_uncertain or result.maybe_delivered
+
+
+class OutboxWorker:
+    """Sends due outbox rows; one instance per process keeps one SMTP connection warm."""
+
+    def __init__(
+        self,
+        settings: SmtpSettings,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sender: SmtpSender | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.clock = clock
+        self.sender = sender or SmtpSender(settings)
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self.kick = asyncio.Event()
+        self.last_progress = clock()
+
+    async def drain(self, *, include_not_due: bool = False) -> DrainReport:
+        """Send every due row (every pending row when `include_not_due`), batch by batch."""
+        total = DrainReport()
+        seen: set[int] = set()
+        while True:
+            rows = await self._due(include_not_due, seen)
+            if not rows:
+                return total
+            for row in rows:
+                seen.add(row.id)
+                total = total + await self._send_one(row)
+
+    async def _due(self, include_not_due: bool, seen: set[int]) -> list[Outbox]:
+        query = select(Outbox).where(Outbox.state == "pending")
+        if not include_not_due:
+            query = query.where(Outbox.next_attempt_at <= self.clock())
+        if seen:
+            query = query.where(Outbox.id.not_in(seen))
+        async with self.sessions() as session:
+            return list((await session.scalars(query.order_by(Outbox.id).limit(_BATCH))).all())
+
+    async def _send_one(self, row: Outbox) -> DrainReport:
+        bound = log.bind(outbox_id=row.id, kind=row.kind, message_id=row.message_id)
+        result = await self.sender.send(outgoing_of(row))
+        now = self.clock()
+        state, next_at, uncertain = next_state(
+            row.attempts, row.uncertain, result, self.settings, now, self.rng
+        )
+        async with self.sessions.begin() as session:
+            current = await session.get(Outbox, row.id, with_for_update=True)
+            if current is None:
+                return DrainReport()
+            current.attempts += 1
+            current.state = state
+            current.uncertain = uncertain
+            current.last_error = None if result.status is SendStatus.SENT else result.detail
+            if result.refused:
+                current.last_error = f"refused: {', '.join(result.refused)}"
+            if state == "sent":
+                current.sent_at = now
+            if next_at is not None:
+                current.next_attempt_at = next_at
+        self.last_progress = now
+        if state == "sent":
+            bound.info("outbox_sent", refused=list(result.refused) or None)
+            return DrainReport(sent=1)
+        if state == "failed":
+            bound.error("outbox_failed", detail=result.detail, attempts=row.attempts + 1)
+            return DrainReport(failed=1)
+        bound.warning("outbox_retry_scheduled", detail=result.detail, next_attempt_at=next_at)
+        return DrainReport(retried=1)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Send as rows come due, woken early by `kick` after new rows are committed."""
+        while not stop.is_set():
+            # Cleared before draining, so a kick that comes in mid-drain is not lost.
+            self.kick.clear()
+            try:
+                await self.drain()
+            except Exception:  # noqa: BLE001 - the worker must outlive a database hiccup
+                log.exception("outbox_drain_failed")
+            self.last_progress = self.clock()
+            waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.kick.wait())}
+            _done, pending = await asyncio.wait(
+                waiters, timeout=self.settings.poll_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in pending:
+                task.cancel()
+
+    async def close(self) -> None:
+        await self.sender.close()

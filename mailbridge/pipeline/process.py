@@ -1,0 +1,468 @@
+"""Stages 3–7 for one message: parse, screen, thread, classify, then persist in one transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from mailbridge.adapters.blobs import BlobStore
+from mailbridge.adapters.db import store
+from mailbridge.adapters.db.models import (
+    InboundMessage,
+    Ticket,
+    TicketMessage,
+    TicketParticipant,
+    utcnow,
+)
+from mailbridge.errors import PermanentError, TransientError
+from mailbridge.pipeline.classify import classify
+from mailbridge.pipeline.hours import next_opening
+from mailbridge.pipeline.language import choose_language
+from mailbridge.pipeline.parse import parse_message
+from mailbridge.pipeline.quotes import strip_quoted
+from mailbridge.pipeline.render import AckContext, render_ack, render_cc_rejection
+from mailbridge.pipeline.screen import ScreenPolicy, screen
+from mailbridge.pipeline.thread import choose_thread, format_number, thread_hint
+from mailbridge.records import (
+    Action,
+    CustomerView,
+    Decision,
+    Outcome,
+    OutgoingMail,
+    ParsedMail,
+    Priority,
+    ProcessResult,
+    Reason,
+    TicketType,
+)
+from mailbridge.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+# Parsing a large message takes a while in pure Python; off the loop it cannot stall IDLE.
+_PARSE_OFF_LOOP_BYTES = 256 * 1024
+_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """A message handed to the pipeline, and where it came from."""
+
+    data: bytes
+    source: str
+    mailbox: str | None = None
+    uidvalidity: int | None = None
+    uid: int | None = None
+
+
+class StageTracker:
+    """Which stage a message is in, so a failure is recorded against the stage that raised."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str = "parse") -> None:
+        self.name = name
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A decision plus what the writer needs: the customer and the automatic answers allowed."""
+
+    decision: Decision
+    customer: CustomerView | None
+    answer_suppressions: tuple[Reason, ...]
+
+
+def dedupe_key(data: bytes) -> tuple[str, str | None]:
+    """(key, message_id): the Message-ID when the header block has one, else the sha256."""
+    header_block = re.split(rb"\r?\n\r?\n", data, maxsplit=1)[0]
+    found = _MESSAGE_ID.search(header_block)
+    if found:
+        text = re.sub(r"\s+", "", found.group(1).decode("ascii", "replace"))
+        if 2 < len(text) <= 500:
+            return f"mid:{text}", text
+    return f"sha256:{hashlib.sha256(data).hexdigest()}", None
+
+
+def clean(text: str | None, limit: int | None = None) -> str:
+    """Text a database will take: no NUL (PostgreSQL refuses it), cut to the column's length."""
+    value = (text or "").replace("\x00", "\ufffd")
+    return value[:limit] if limit is not None else value
+
+
+class Processor:
+    """Runs one message through the pipeline; the same code serves run, ingest, replay, inspect."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        blobs: BlobStore,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.blobs = blobs
+        self.clock = clock
+        self.policy = ScreenPolicy.from_settings(settings)
+
+    async def parse(self, data: bytes) -> ParsedMail:
+        limit = self.settings.storage.max_attachment_bytes
+        if len(data) > self.settings.storage.max_message_bytes:
+            limit = 0  # too large: keep the text, list every attachment as left out
+        if len(data) >= _PARSE_OFF_LOOP_BYTES:
+            return await asyncio.to_thread(parse_message, data, max_attachment_bytes=limit)
+        return parse_message(data, max_attachment_bytes=limit)
+
+    async def plan(
+        self, session: AsyncSession, parsed: ParsedMail, stage: StageTracker | None = None
+    ) -> Plan:
+        """Every decision about a message, reading the database but writing nothing."""
+        stage = stage or StageTracker()
+        stage.name = "screen"
+        verdict = screen(parsed, self.policy)
+        stage.name = "thread"
+        hint = thread_hint(parsed, self.settings.tickets.number_format)
+        requester = parsed.requester
+        thread = choose_thread(
+            hint,
+            by_reference=await store.tickets_by_reference(session, hint.referenced_ids),
+            by_number=await store.tickets_by_number(session, hint.ticket_numbers),
+            sender=requester.key if requester else None,
+        )
+        stage.name = "classify"
+        customer = await store.customer_by_email(session, requester.key if requester else None)
+        classification = classify(
+            parsed,
+            self.settings.classify,
+            customer=customer,
+            own_addresses=self.settings.own_addresses,
+        )
+        language = choose_language(
+            customer_language=customer.language if customer else None,
+            content_language=parsed.header("Content-Language"),
+            text=f"{parsed.subject}\n{parsed.body_text[:2000]}",
+            default=self.settings.ack.default_language,
+        )
+        decision = Decision(parsed, verdict, classification, thread, language)
+        stage.name = "persist"
+        return Plan(decision, customer, await self._answer_suppressions(session, parsed, verdict))
+
+    async def _answer_suppressions(
+        self, session: AsyncSession, parsed: ParsedMail, verdict: Any
+    ) -> tuple[Reason, ...]:
+        reasons = list(verdict.suppressions)
+        if not self.settings.ack.enabled:
+            reasons.append(Reason("acks_disabled", "ack.enabled is false"))
+        address = parsed.reply_address
+        if address is None:
+            return (*reasons, Reason("no_sender", "no From or Reply-To"))
+        now = self.clock()
+        caps = (
+            ("rate_cap_hour", timedelta(hours=1), self.settings.ack.max_per_recipient_hour),
+            ("rate_cap_day", timedelta(days=1), self.settings.ack.max_per_recipient_day),
+        )
+        for rule, window, cap in caps:
+            sent = await store.outgoing_count_since(session, address.key, now - window)
+            if sent >= cap:
+                reasons.append(Reason(rule, f"{sent} automatic answers to {address.key} already"))
+        return tuple(reasons)
+
+    async def process(self, intake: Intake) -> ProcessResult:
+        """One message to exactly one end: ticket, follow-up, rejection, or quarantine.
+
+        Raises TransientError when it should be tried again later unchanged.
+        """
+        key, message_id = dedupe_key(intake.data)
+        bound = log.bind(mailbox=intake.mailbox, uid=intake.uid, message_id=message_id)
+        existing = await self._existing(key)
+        if existing is not None:
+            bound.info("message_already_held", inbound_id=existing.inbound_id)
+            return existing
+        return await self._run(intake, key, message_id, bound)
+
+    async def replay(self, inbound_id: int) -> ProcessResult:
+        """Run a failed message again from its stored bytes, updating its record in place."""
+        async with self.sessions() as session:
+            row = await session.get(InboundMessage, inbound_id)
+            if row is None:
+                raise LookupError(f"no inbound message {inbound_id}")
+            if row.state != "failed":
+                raise ValueError(f"inbound message {inbound_id} is {row.state}, not failed")
+            intake = Intake(row.raw, "replay")
+            key, message_id = row.dedupe_key, row.message_id
+        bound = log.bind(inbound_id=inbound_id, message_id=message_id, replay=True)
+        return await self._run(intake, key, message_id, bound, existing_id=inbound_id)
+
+    async def preview(self, data: bytes) -> Plan:
+        """What `process` would decide for these bytes, writing nothing (inspect, dry runs)."""
+        parsed = await self.parse(data)
+        async with self.sessions() as session:
+            return await self.plan(session, parsed)
+
+    async def _run(
+        self,
+        intake: Intake,
+        key: str,
+        message_id: str | None,
+        bound: Any,
+        *,
+        existing_id: int | None = None,
+    ) -> ProcessResult:
+        stage = StageTracker("parse")
+        try:
+            parsed = await self.parse(intake.data)
+            async with self.sessions.begin() as session:
+                plan = await self.plan(session, parsed, stage)
+                if existing_id is None:
+                    inbound = self._inbound_row(intake, key, parsed.message_id, state="done")
+                    session.add(inbound)
+                    await session.flush()
+                else:
+                    inbound = await self._reopen(session, existing_id)
+                result = await self._write(session, intake, inbound, plan)
+            bound.info(result.outcome.value, ticket=result.ticket_number, inbound_id=inbound.id)
+            return result
+        except (TransientError, OperationalError, ConnectionError, TimeoutError) as error:
+            first_line = (str(error).splitlines() or [type(error).__name__])[0]
+            bound.warning("message_deferred", stage=stage.name, error=first_line)
+            raise TransientError(first_line) from error
+        except IntegrityError as error:
+            raced = await self._existing(key) if existing_id is None else None
+            if raced is not None:
+                return raced
+            return await self._quarantine(intake, key, message_id, stage.name, error)
+        except DBAPIError as error:
+            if error.connection_invalidated:
+                raise TransientError(str(error).splitlines()[0]) from error
+            return await self._quarantine(intake, key, message_id, stage.name, error)
+        except Exception as error:  # noqa: BLE001 - any other failure is this message's, not ours
+            failed_stage = error.stage if isinstance(error, PermanentError) else stage.name
+            return await self._quarantine(intake, key, message_id, failed_stage, error)
+
+    async def _reopen(self, session: AsyncSession, inbound_id: int) -> InboundMessage:
+        row = await session.get(InboundMessage, inbound_id, with_for_update=True)
+        if row is None or row.state != "failed":
+            raise TransientError(f"inbound message {inbound_id} changed while replaying it")
+        row.state, row.attempts, row.updated_at = "done", row.attempts + 1, utcnow()
+        row.stage = row.error_class = row.error = None
+        return row
+
+    async def _existing(self, key: str) -> ProcessResult | None:
+        async with self.sessions() as session:
+            row = await store.inbound_by_key(session, key)
+            if row is None:
+                return None
+            number = None
+            if row.ticket_id is not None:
+                ticket = await session.get(Ticket, row.ticket_id)
+                number = ticket.number if ticket else None
+            outcome = Outcome(row.outcome) if row.outcome else Outcome.QUARANTINED
+            return ProcessResult(outcome, row.id, number, row.error, row.stage, duplicate=True)
+
+    def _inbound_row(
+        self, intake: Intake, key: str, message_id: str | None, *, state: str
+    ) -> InboundMessage:
+        return InboundMessage(
+            dedupe_key=key,
+            source=intake.source,
+            mailbox=intake.mailbox,
+            uidvalidity=intake.uidvalidity,
+            uid=intake.uid,
+            message_id=clean(message_id, 998) or None,
+            sha256=hashlib.sha256(intake.data).hexdigest(),
+            size=len(intake.data),
+            raw=intake.data,
+            state=state,
+            attempts=1,
+            reasons=[],
+        )
+
+    async def _write(
+        self, session: AsyncSession, intake: Intake, inbound: InboundMessage, plan: Plan
+    ) -> ProcessResult:
+        decision = plan.decision
+        verdict = decision.verdict
+        inbound.reasons = [{"rule": r.rule, "detail": r.detail} for r in verdict.reasons]
+        inbound.reasons += [
+            {"rule": r.rule, "detail": r.detail, "kind": "no_answer"}
+            for r in plan.answer_suppressions
+        ]
+        if intake.mailbox is not None and intake.uidvalidity is not None and intake.uid:
+            await store.advance_checkpoint(session, intake.mailbox, intake.uidvalidity, intake.uid)
+        if verdict.action is Action.REJECT:
+            inbound.outcome = Outcome.REJECTED.value
+            if not plan.answer_suppressions:
+                await self._queue(session, self._cc_rejection(decision), None, inbound.id)
+            return ProcessResult(Outcome.REJECTED, inbound.id)
+        await self._store_attachments(decision.parsed)
+        if decision.thread.ticket_number is not None:
+            return await self._follow_up(session, inbound, decision)
+        return await self._new_ticket(session, inbound, plan)
+
+    async def _store_attachments(self, parsed: ParsedMail) -> None:
+        for attachment in parsed.attachments:
+            await asyncio.to_thread(self.blobs.put, attachment.data)
+
+    async def _follow_up(
+        self, session: AsyncSession, inbound: InboundMessage, decision: Decision
+    ) -> ProcessResult:
+        number = decision.thread.ticket_number or ""
+        ticket = await store.ticket_by_number(session, number)
+        if ticket is None:
+            raise PermanentError("thread", f"ticket {number} vanished while joining it")
+        parsed = decision.parsed
+        display = strip_quoted(parsed.body_text)
+        session.add(_message_row(ticket.id, inbound.id, parsed, display))
+        ticket.updated_at = utcnow()
+        if ticket.status != "open":
+            ticket.status = "open"  # a customer writing again reopens a solved ticket
+        inbound.ticket_id = ticket.id
+        inbound.outcome = Outcome.FOLLOW_UP.value
+        return ProcessResult(Outcome.FOLLOW_UP, inbound.id, ticket.number)
+
+    async def _new_ticket(
+        self, session: AsyncSession, inbound: InboundMessage, plan: Plan
+    ) -> ProcessResult:
+        decision = plan.decision
+        parsed, verdict = decision.parsed, decision.verdict
+        classification = decision.classification
+        assert classification is not None
+        requester = parsed.requester
+        linked_id = None
+        if decision.thread.linked_number:
+            linked = await store.ticket_by_number(session, decision.thread.linked_number)
+            linked_id = linked.id if linked else None
+        flagged = verdict.action is Action.FLAG
+        cc = [a.key for a in verdict.cc_addresses] if flagged else []
+        ticket = store.new_ticket(
+            parsed,
+            classification,
+            requester_email=clean(requester.key if requester else "", 320),
+            requester_name=clean(requester.name if requester else "", 255),
+            language=decision.language,
+            cc_flag=flagged,
+            cc_addresses=cc,
+            linked_ticket_id=linked_id,
+        )
+        ticket.subject = clean(ticket.subject)
+        session.add(ticket)
+        await session.flush()
+        ticket.number = format_number(self.settings.tickets.number_format, ticket.id)
+        participants = {ticket.requester_email: "requester"} if ticket.requester_email else {}
+        for address in cc:
+            participants.setdefault(clean(address, 320), "cc")
+        for email, role in participants.items():
+            session.add(TicketParticipant(ticket_id=ticket.id, email=email, role=role))
+        session.add(_message_row(ticket.id, inbound.id, parsed, parsed.body_text))
+        inbound.ticket_id = ticket.id
+        inbound.outcome = Outcome.TICKET_CREATED.value
+        if not plan.answer_suppressions:
+            await self._queue(session, self.render_ack(decision, ticket.number), ticket.id, inbound.id)
+        return ProcessResult(Outcome.TICKET_CREATED, inbound.id, ticket.number)
+
+    def render_ack(self, decision: Decision, number: str) -> OutgoingMail:
+        parsed = decision.parsed
+        classification = decision.classification
+        requester = parsed.reply_address
+        assert requester is not None and classification is not None
+        received = self.clock()
+        context = AckContext(
+            ticket_number=number,
+            subject=parsed.subject,
+            requester=requester,
+            language=decision.language,
+            received_at=received,
+            next_opening=next_opening(received, self.settings.hours),
+            urgent=classification.priority is Priority.URGENT,
+            emergency_phone=self.settings.ack.emergency_phone,
+            ask_for_screenshot=classification.ticket_type is TicketType.BUG
+            and not any(a.is_image for a in parsed.attachments),
+            in_reply_to=parsed.message_id,
+            references=parsed.references,
+            company=self.settings.ack.company,
+            hours_text_inputs=self.settings.hours,
+        )
+        return render_ack(context, self.settings.ack, templates_dir=self.settings.ack.templates_dir)
+
+    def _cc_rejection(self, decision: Decision) -> OutgoingMail:
+        return render_cc_rejection(
+            parsed=decision.parsed,
+            cc=decision.verdict.cc_addresses,
+            language=decision.language,
+            ack=self.settings.ack,
+            support_address=self.settings.ack.from_address,
+            templates_dir=self.settings.ack.templates_dir,
+        )
+
+    async def _queue(
+        self,
+        session: AsyncSession,
+        mail: OutgoingMail,
+        ticket_id: int | None,
+        inbound_id: int,
+    ) -> None:
+        session.add(store.outbox_row(mail, ticket_id=ticket_id, inbound_id=inbound_id))
+
+    async def _quarantine(
+        self, intake: Intake, key: str, message_id: str | None, stage: str, error: Exception
+    ) -> ProcessResult:
+        """Keep the raw bytes with the error, so an admin can see why and replay it."""
+        detail = clean(f"{error}", 4000) or type(error).__name__
+        log.error(
+            "message_quarantined",
+            mailbox=intake.mailbox,
+            uid=intake.uid,
+            message_id=message_id,
+            stage=stage,
+            error_class=type(error).__name__,
+            error=detail.splitlines()[0] if detail else "",
+            exc_info=not isinstance(error, PermanentError),
+        )
+        try:
+            async with self.sessions.begin() as session:
+                row = await store.inbound_by_key(session, key)
+                if row is None:
+                    row = self._inbound_row(intake, key, message_id, state="failed")
+                    session.add(row)
+                else:
+                    row.attempts += 1
+                row.state, row.outcome, row.stage = "failed", Outcome.QUARANTINED.value, stage
+                row.error_class, row.error = type(error).__name__, detail
+                row.updated_at = utcnow()
+                if intake.mailbox is not None and intake.uidvalidity is not None and intake.uid:
+                    await store.advance_checkpoint(
+                        session, intake.mailbox, intake.uidvalidity, intake.uid
+                    )
+                await session.flush()
+                return ProcessResult(Outcome.QUARANTINED, row.id, None, detail, stage)
+        except (OperationalError, DBAPIError, OSError) as db_error:
+            raise TransientError(f"cannot record the failure: {db_error}") from db_error
+
+
+def _message_row(
+    ticket_id: int, inbound_id: int | None, parsed: ParsedMail, display: str
+) -> TicketMessage:
+    row = store.new_message(ticket_id, inbound_id, parsed, clean(display))
+    row.subject = clean(row.subject)
+    row.body_text = clean(row.body_text)
+    row.body_html = clean(row.body_html) if row.body_html is not None else None
+    row.sender_name = clean(row.sender_name, 255)
+    row.sender_email = clean(row.sender_email, 320)
+    row.message_id = clean(row.message_id, 998) or None
+    for attachment in row.attachments:
+        attachment.filename = clean(attachment.filename, 255)
+        attachment.content_type = clean(attachment.content_type, 255)
+        attachment.content_id = clean(attachment.content_id, 998) or None
+    return row
+

@@ -1,0 +1,312 @@
+"""Mail in over real IMAP (Dovecot) → ticket in SQLite / PostgreSQL → acknowledgement over SMTP."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+from mailbridge.adapters.blobs import BlobStore
+from mailbridge.adapters.imap import ImapClient
+from tests.integration.harness import make_mail, make_settings, read_db, run_once
+from tests.servers.dovecot import Mailbox
+from tests.servers.smtp import SmtpSink
+
+pytestmark = pytest.mark.integration
+
+
+def png(width: int = 64, height: int = 48, seed: int = 7) -> bytes:
+    """A real, valid PNG (the kind of screenshot customers attach)."""
+    rows = b"".join(
+        b"\x00" + bytes((x * seed + y) % 256 for x in range(width * 3)) for y in range(height)
+    )
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture
+def settings_for(mailbox: Mailbox, smtp_sink: SmtpSink, database_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    def build(**overrides):  # type: ignore[no-untyped-def]
+        return make_settings(mailbox, smtp_sink, database_url, tmp_path / "data", **overrides)
+
+    return build
+
+
+async def test_plain_mail_becomes_one_ticket_and_one_ack(settings_for, mailbox, smtp_sink):  # type: ignore[no-untyped-def]
+    settings = settings_for()
+    original = make_mail(to=mailbox.user, message_id="<first@customer.test>")
+    mailbox.append(original)
+
+    await run_once(settings)
+
+    state = await read_db(settings)
+    assert [t.number for t in state.tickets] == ["MB-000001"]
+    ticket = state.tickets[0]
+    assert ticket.requester_email == "ana@customer.test"
+    assert ticket.subject == "Cannot log in to the admin panel"
+    assert len(ticket.messages) == 1
+    assert [m.state for m in state.outbox] == ["sent"]
+
+    (ack,) = smtp_sink.messages
+    assert ack.rcpt_tos == ("ana@customer.test",)
+    assert ack.message["Subject"] == "[#MB-000001] Cannot log in to the admin panel"
+    assert "MB-000001" in ack.message.get_body(("plain",)).get_content()
+    assert ack.message["In-Reply-To"] == "<first@customer.test>"
+    assert ack.message["Auto-Submitted"] == "auto-replied"
+
+    assert mailbox.uids("INBOX") == []
+    assert mailbox.messages("Processed") == [original]
+
+
+async def test_html_mail_with_screenshot_keeps_the_image_bytes(settings_for, mailbox, tmp_path):  # type: ignore[no-untyped-def]
+    settings = settings_for()
+    screenshot = png()
+    mailbox.append(
+        make_mail(
+            to=mailbox.user,
+            subject="Eroare la plată",
+            body="Bună ziua, primesc o eroare la plată. Vedeți captura.",
+            html="<p>Bună ziua, primesc o <b>eroare</b> la plată.</p>",
+            images=[("captura.png", screenshot)],
+        )
+    )
+
+    await run_once(settings)
+
+    state = await read_db(settings)
+    (ticket,) = state.tickets
+    (attachment,) = ticket.messages[0].attachments
+    assert attachment.filename == "captura.png"
+    assert attachment.content_type == "image/png"
+    assert attachment.size == len(screenshot)
+    assert attachment.sha256 == hashlib.sha256(screenshot).hexdigest()
+    stored = BlobStore(tmp_path / "data" / "attachments").get(attachment.sha256)
+    assert stored == screenshot
+    assert ticket.subject == "Eroare la plată"
+
+
+async def test_cc_under_reject_makes_no_ticket_and_explains(settings_for, mailbox, smtp_sink):  # type: ignore[no-untyped-def]
+    settings = settings_for(policy={"cc_mode": "reject"})
+    mailbox.append(make_mail(to=mailbox.user, cc=["boss@customer.test"]))
+
+    await run_once(settings)
+
+    state = await read_db(settings)
+    assert state.tickets == []
+    assert [i.outcome for i in state.inbound] == ["rejected"]
+    (reply,) = smtp_sink.messages
+    assert reply.rcpt_tos == ("ana@customer.test",)
+    assert "MB-" not in reply.message["Subject"]
+    text = reply.message.get_body(("plain",)).get_content()
+    assert mailbox.user in text  # tells them where to write again, alone
+    assert "boss@customer.test" not in reply.rcpt_tos
+    assert mailbox.uids("INBOX") == []
+    assert len(mailbox.uids("Rejected")) == 1
+
+
+async def test_cc_of_our_own_address_is_not_a_third_party(settings_for, mailbox, smtp_sink):  # type: ignore[no-untyped-def]
+    settings = settings_for(policy={"cc_mode": "reject", "own_addresses": ["office@example.test"]})
+    mailbox.append(make_mail(to=mailbox.user, cc=["Office <office@example.test>"]))
+
+    await run_once(settings)
+
+    state = await read_db(settings)
+    assert len(state.tickets) == 1
+    assert state.tickets[0].cc_flag is False
+
+
+async def test_cc_under_flag_makes_a_flagged_ticket_with_the_cc_list(settings_for, mailbox):  # type: ignore[no-untyped-def]
+    settings = settings_for(policy={"cc_mode": "flag"})
+    mailbox.append(make_mail(to=mailbox.user, cc=["Boss <Boss@Customer.test>", "it@customer.test"]))
+
+    await run_once(settings)
+
+    state = await read_db(settings)
+    (ticket,) = state.tickets
+    assert ticket.cc_flag is True
+    assert sorted(ticket.cc_addresses) == ["boss@customer.test", "it@customer.test"]
+    assert {p.email for p in ticket.participants} == {
+        "ana@customer.test",
+        "boss@customer.test",
+        "it@customer.test",
+    }
+    assert len(mailbox.uids("Processed")) == 1
+
+
+class SimulatedCrash(Exception):
+    """Stands for the process dying between the database commit and the IMAP MOVE."""
+
+
+class CrashBeforeMove(ImapClient):
+    async def settle(self, uids, folder, keyword):  # type: ignore[no-untyped-def]
+        raise SimulatedCrash(f"died before moving {uids} to {folder}")
+
+
+async def test_crash_between_commit_and_move_makes_no_second_ticket_or_ack(  # type: ignore[no-untyped-def]
+    settings_for, mailbox, smtp_sink
+):
+    settings = settings_for()
+    mailbox.append(make_mail(to=mailbox.user))
+
+    with pytest.raises(SimulatedCrash):
+        await run_once(settings, client_factory=CrashBeforeMove)
+    assert len(mailbox.uids("INBOX")) == 1  # not moved: the crash came first
+    assert len((await read_db(settings)).tickets) == 1
+
+    await run_once(settings)
+
+    state = await read_db(settings)
+    assert len(state.tickets) == 1
+    assert len(state.outbox) == 1
+    assert len(smtp_sink.messages) == 1
+    assert mailbox.uids("INBOX") == []
+    assert len(mailbox.uids("Processed")) == 1
+
+
+async def test_reply_to_the_ack_joins_the_same_ticket(settings_for, mailbox, smtp_sink):  # type: ignore[no-untyped-def]
+    settings = settings_for()
+    mailbox.append(make_mail(to=mailbox.user, message_id="<q1@customer.test>"))
+    await run_once(settings)
+    (ack,) = smtp_sink.messages
+
+    reply = make_mail(
+        to=mailbox.user,
+        subject=f"Re: {ack.message['Subject']}",
+        body="It works again after clearing the cache.\n\n> old quoted text",
+        in_reply_to=ack.message["Message-ID"],
+    )
+    mailbox.append(reply)
+    await run_once(settings)
+
+    state = await read_db(settings)
+    (ticket,) = state.tickets
+    assert len(ticket.messages) == 2
+    assert ticket.messages[1].display_text.strip() == "It works again after clearing the cache."
+    assert len(smtp_sink.messages) == 1  # a follow-up gets no second acknowledgement
+
+
+async def test_subject_tag_alone_threads_a_participant(settings_for, mailbox):  # type: ignore[no-untyped-def]
+    settings = settings_for()
+    mailbox.append(make_mail(to=mailbox.user))
+    await run_once(settings)
+    mailbox.append(make_mail(to=mailbox.user, subject="More details [#MB-000001]"))
+    await run_once(settings)
+
+    (ticket,) = (await read_db(settings)).tickets
+    assert len(ticket.messages) == 2
+
+
+async def test_stranger_quoting_a_ticket_gets_a_new_linked_ticket(settings_for, mailbox):  # type: ignore[no-untyped-def]
+    settings = settings_for()
+    mailbox.append(make_mail(to=mailbox.user))
+    await run_once(settings)
+    mailbox.append(
+        make_mail(
+            to=mailbox.user, sender="mallory@elsewhere.test", subject="Re: [#MB-000001] hello"
+        )
+    )
+    await run_once(settings)
+
+    state = await read_db(settings)
+    first, second = state.tickets
+    assert len(first.messages) == 1
+    assert second.requester_email == "mallory@elsewhere.test"
+    assert second.linked_ticket_id == first.id
+
+
+async def test_smtp_down_keeps_the_ticket_and_sends_the_ack_later(settings_for, mailbox, smtp_sink):  # type: ignore[no-untyped-def]
+    settings = settings_for()
+    smtp_sink.stop()
+    mailbox.append(make_mail(to=mailbox.user))
+
+    handled, pending = await run_once(settings)
+
+    assert (handled, pending) == (1, 1)
+    state = await read_db(settings)
+    assert len(state.tickets) == 1
+    assert state.outbox[0].state == "pending"
+    assert state.outbox[0].last_error
+
+    smtp_sink.start()
+    await run_once(settings)
+
+    state = await read_db(settings)
+    assert state.outbox[0].state == "sent"
+    (ack,) = smtp_sink.messages
+    assert ack.message["Message-ID"] == state.outbox[0].message_id
+
+
+async def test_uidvalidity_change_does_not_duplicate_tickets(settings_for, mailbox):  # type: ignore[no-untyped-def]
+    settings = settings_for(imap={"folders": ["Support"]})
+    mailbox.create_folder("Support")
+    mails = [make_mail(to=mailbox.user, subject=f"Problem {n}") for n in range(3)]
+    for mail in mails:
+        mailbox.append(mail, folder="Support")
+    before = mailbox.uidvalidity("Support")
+    await run_once(settings)
+    assert len((await read_db(settings)).tickets) == 3
+
+    # The folder is deleted and recreated, and the same mail appended again (a restore).
+    mailbox.delete_folder("Support")
+    mailbox.create_folder("Support")
+    for mail in mails:
+        mailbox.append(mail, folder="Support")
+    assert mailbox.uidvalidity("Support") != before
+    await run_once(settings)
+
+    state = await read_db(settings)
+    assert len(state.tickets) == 3
+    assert len(state.outbox) == 3
+    assert mailbox.uids("Support") == []
+
+
+async def test_a_broken_message_is_quarantined_and_the_rest_flow(settings_for, mailbox):  # type: ignore[no-untyped-def]
+    settings = settings_for()
+    mailbox.append(make_mail(to=mailbox.user, subject="first"))
+    mailbox.append(b"\x00\xff garbage that is not a mail at all \r\n\r\n\x00")
+    mailbox.append(make_mail(to=mailbox.user, subject="third"))
+
+    await run_once(settings)
+
+    state = await read_db(settings)
+    assert mailbox.uids("INBOX") == []
+    outcomes = sorted(i.outcome or "" for i in state.inbound)
+    # Whatever the parser makes of garbage, it ends somewhere visible, never dropped.
+    assert len(outcomes) == 3
+    assert {t.subject for t in state.tickets} >= {"first", "third"}
+
+
+
+async def test_attachment_store_failure_quarantines_and_the_mailbox_moves_on(  # type: ignore[no-untyped-def]
+    settings_for, mailbox, tmp_path
+):
+    settings = settings_for()
+    (tmp_path / "data").mkdir(parents=True)
+    (tmp_path / "data" / "attachments").write_text("not a directory")  # unwritable store
+    mailbox.append(make_mail(to=mailbox.user, subject="with image", images=[("a.png", png())]))
+    mailbox.append(make_mail(to=mailbox.user, subject="plain text"))
+
+    await run_once(settings)
+
+    state = await read_db(settings)
+    assert [t.subject for t in state.tickets] == ["plain text"]
+    failed = [i for i in state.inbound if i.state == "failed"]
+    assert len(failed) == 1
+    assert failed[0].stage == "store"
+    assert "attachment store" in (failed[0].error or "")
+    assert b"with image" in failed[0].raw
+    assert len(mailbox.uids("Quarantine")) == 1
+    assert len(mailbox.uids("Processed")) == 1
