@@ -49,7 +49,7 @@ def fail(message: str, exit_code: int = EXIT_ERROR) -> NoReturn:
 class OneLineErrors(click.Group):
     """Errors print as one line, `mailbridge: error: …`, never a usage dump or a traceback."""
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
         try:
             return super().main(*args, **kwargs)

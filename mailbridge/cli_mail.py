@@ -1,4 +1,4 @@
-"""`mailbridge ingest` (an MTA pipe or saved .eml files) and `mailbridge inspect` (dry decisions)."""
+"""`mailbridge ingest` (MTA pipe or saved .eml) and `mailbridge inspect` (decisions, no writes)."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ async def inspect(context: Context, file: str, as_json: bool) -> None:
                 plan = await app.processor.preview(data)
             except TransientError:
                 raise
-            except Exception as error:  # noqa: BLE001 - inspect reports what run would quarantine
+            except Exception as error:
                 report = describe_failure("inspect", error)
             else:
                 report = describe_plan(plan)
@@ -124,4 +124,3 @@ def _print_report(report: dict[str, object]) -> None:
     if "acknowledgement" in report:
         click.echo("\n--- acknowledgement that would be sent ---")
         click.echo(str(report["acknowledgement"]))
-

@@ -77,7 +77,9 @@ class MailboxWorker:
                 state = await client.select(self.folder)
                 self.status.connected, self.status.last_error = True, None
                 attempt = 0
-                self.log.info("mailbox_connected", uidvalidity=state.uidvalidity, idle=client.has_idle)
+                self.log.info(
+                    "mailbox_connected", uidvalidity=state.uidvalidity, idle=client.has_idle
+                )
                 while not stop.is_set():
                     await self.drain(client, state, stop)
                     self.status.last_poll = datetime.now(UTC)
@@ -143,9 +145,7 @@ class MailboxWorker:
         if point is not None and point.uidvalidity != state.uidvalidity:
             # The folder was recreated: UIDs mean new things now. Message-ID dedupe keeps the
             # re-appended copies from becoming second tickets; the checkpoint restarts.
-            self.log.warning(
-                "uidvalidity_changed", old=point.uidvalidity, new=state.uidvalidity
-            )
+            self.log.warning("uidvalidity_changed", old=point.uidvalidity, new=state.uidvalidity)
 
     async def _known(self, state: FolderState, uids: Sequence[int]) -> dict[int, Outcome]:
         """Messages committed before a crash kept them from being moved: settle, don't refetch."""

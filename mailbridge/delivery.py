@@ -69,9 +69,7 @@ def next_state(
         return "failed", None, True
     if attempts >= settings.max_attempts:
         return "failed", None, row_uncertain or result.maybe_delivered
-    delay = retry_delay(
-        attempts, settings.backoff_base_seconds, settings.backoff_max_seconds, rng
-    )
+    delay = retry_delay(attempts, settings.backoff_base_seconds, settings.backoff_max_seconds, rng)
     return "pending", now + timedelta(seconds=delay), row_uncertain or result.maybe_delivered
 
 
@@ -91,7 +89,7 @@ class OutboxWorker:
         self.sessions = sessions
         self.clock = clock
         self.sender = sender or SmtpSender(settings)
-        self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self.rng = rng or random.Random()
         self.kick = asyncio.Event()
         self.last_progress = clock()
 
@@ -154,7 +152,7 @@ class OutboxWorker:
             self.kick.clear()
             try:
                 await self.drain()
-            except Exception:  # noqa: BLE001 - the worker must outlive a database hiccup
+            except Exception:
                 log.exception("outbox_drain_failed")
             self.last_progress = self.clock()
             waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.kick.wait())}

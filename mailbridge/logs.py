@@ -1,4 +1,4 @@
-"""structlog set-up: JSON lines when not on a TTY, readable console otherwise, stdlib logs included."""
+"""structlog set-up: JSON lines off a TTY, readable console on one; stdlib loggers included."""
 
 from __future__ import annotations
 

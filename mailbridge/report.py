@@ -76,7 +76,9 @@ def describe_plan(plan: Plan) -> dict[str, Any]:
         },
         "cc_addresses": [a.email for a in verdict.cc_addresses],
         "answer": answer,
-        "answer_suppressed": [{"rule": r.rule, "detail": r.detail} for r in plan.answer_suppressions],
+        "answer_suppressed": [
+            {"rule": r.rule, "detail": r.detail} for r in plan.answer_suppressions
+        ],
     }
 
 

@@ -28,6 +28,10 @@ class Group(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WORKING_WEEK: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri")
+
+
 class ImapSecurity(StrEnum):
     TLS = "tls"
     PLAIN = "plain"
@@ -141,9 +145,7 @@ class AckSettings(Group):
 
 class HoursSettings(Group):
     timezone: str = "Europe/Bucharest"
-    working_days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
-        default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"]
-    )
+    working_days: list[Weekday] = Field(default_factory=lambda: list(WORKING_WEEK))
     open: time = time(8, 0)
     close: time = time(17, 0)
     holidays_country: str = "RO"

@@ -1,4 +1,4 @@
-"""Shared fixtures: real servers come from tests/servers/, databases from tests/servers/databases.py."""
+"""Shared fixtures: real servers (Dovecot, aiosmtpd) and databases come from tests/servers/."""
 
 pytest_plugins = [
     "tests.servers.dovecot",

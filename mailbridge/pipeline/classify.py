@@ -6,7 +6,14 @@ import re
 from collections.abc import Iterable, Mapping
 
 from mailbridge.pipeline.textfold import fold
-from mailbridge.records import Address, Classification, CustomerView, ParsedMail, Priority, TicketType
+from mailbridge.records import (
+    Address,
+    Classification,
+    CustomerView,
+    ParsedMail,
+    Priority,
+    TicketType,
+)
 from mailbridge.settings import ClassifySettings
 
 # Subject tags customers are asked to use, folded (see textfold.fold), per type.

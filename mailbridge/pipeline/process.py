@@ -246,7 +246,7 @@ class Processor:
             if error.connection_invalidated:
                 raise TransientError(str(error).splitlines()[0]) from error
             return await self._quarantine(intake, key, message_id, stage.name, error)
-        except Exception as error:  # noqa: BLE001 - any other failure is this message's, not ours
+        except Exception as error:
             failed_stage = error.stage if isinstance(error, PermanentError) else stage.name
             return await self._quarantine(intake, key, message_id, failed_stage, error)
 
@@ -368,14 +368,17 @@ class Processor:
         inbound.ticket_id = ticket.id
         inbound.outcome = Outcome.TICKET_CREATED.value
         if not plan.answer_suppressions:
-            await self._queue(session, self.render_ack(decision, ticket.number), ticket.id, inbound.id)
+            await self._queue(
+                session, self.render_ack(decision, ticket.number), ticket.id, inbound.id
+            )
         return ProcessResult(Outcome.TICKET_CREATED, inbound.id, ticket.number)
 
     def render_ack(self, decision: Decision, number: str) -> OutgoingMail:
         parsed = decision.parsed
         classification = decision.classification
         requester = parsed.reply_address
-        assert requester is not None and classification is not None
+        assert requester is not None
+        assert classification is not None
         received = self.clock()
         context = AckContext(
             ticket_number=number,
@@ -465,4 +468,3 @@ def _message_row(
         attachment.content_type = clean(attachment.content_type, 255)
         attachment.content_id = clean(attachment.content_id, 998) or None
     return row
-

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,7 @@ def make_mail(
         message.add_alternative(html, subtype="html")
     for filename, data in images:
         message.add_attachment(data, maintype="image", subtype="png", filename=filename)
-    return message.as_bytes()
+    return message.as_bytes(policy=policy.SMTP)
 
 
 @dataclass(frozen=True)

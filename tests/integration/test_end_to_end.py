@@ -289,7 +289,6 @@ async def test_a_broken_message_is_quarantined_and_the_rest_flow(settings_for, m
     assert {t.subject for t in state.tickets} >= {"first", "third"}
 
 
-
 async def test_attachment_store_failure_quarantines_and_the_mailbox_moves_on(  # type: ignore[no-untyped-def]
     settings_for, mailbox, tmp_path
 ):

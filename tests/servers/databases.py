@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,7 +43,7 @@ def postgres_available() -> str | None:
     """None when PostgreSQL answers, else why not."""
     try:
         asyncio.run(_pg_admin("SELECT 1"))
-    except Exception as error:  # noqa: BLE001 - any failure means "not available"
+    except Exception as error:
         return f"PostgreSQL at {PG_ADMIN_URL} unreachable: {error}"
     return None
 
@@ -72,11 +72,11 @@ def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-async def database_url(empty_database_url: str) -> AsyncIterator[str]:
+async def database_url(empty_database_url: str) -> str:
     """A database of each kind with the schema applied by the migrations."""
     engine = make_engine(empty_database_url)
     try:
         await upgrade(engine, empty_database_url)
     finally:
         await engine.dispose()
-    yield empty_database_url
+    return empty_database_url

@@ -57,7 +57,9 @@ def test_config_from_environment_variable(tmp_path: Path, monkeypatch: pytest.Mo
     assert load_settings().policy.cc_mode == "flag"
 
 
-def test_secret_files_fill_nested_passwords(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secret_files_fill_nested_passwords(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "imap__password").write_text("s3cret-imap\n")
     (tmp_path / "MAILBRIDGE_SMTP__PASSWORD").write_text("s3cret-smtp")
     (tmp_path / "unrelated").write_text("x")
@@ -97,7 +99,7 @@ def test_bad_values_give_one_line_naming_the_key(tmp_path: Path, toml: str, need
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="nope.toml"):
+    with pytest.raises(ConfigError, match=r"nope\.toml"):
         load_settings(tmp_path / "nope.toml")
 
 

@@ -36,13 +36,17 @@ def test_reply_from_a_participant_joins() -> None:
 
 def test_subject_tag_from_a_recorded_cc_joins() -> None:
     hint = thread_hint(parsed(subject="[#MB-000123] more"), "MB-{id:06d}")
-    match = choose_thread(hint, by_reference={}, by_number={"MB-000123": TICKET}, sender="boss@customer.test")
+    match = choose_thread(
+        hint, by_reference={}, by_number={"MB-000123": TICKET}, sender="boss@customer.test"
+    )
     assert (match.ticket_number, match.how) == ("MB-000123", "subject_tag")
 
 
 def test_stranger_gets_a_new_ticket_linked_to_the_old_one() -> None:
     hint = thread_hint(parsed(subject="[#MB-000123] give me access"), "MB-{id:06d}")
-    match = choose_thread(hint, by_reference={}, by_number={"MB-000123": TICKET}, sender="eve@evil.test")
+    match = choose_thread(
+        hint, by_reference={}, by_number={"MB-000123": TICKET}, sender="eve@evil.test"
+    )
     assert match.ticket_number is None
     assert match.linked_number == "MB-000123"
 

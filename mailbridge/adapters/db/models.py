@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 table mappings; Alembic migrations are the schema's only source, these mirror them."""
+"""SQLAlchemy 2 table mappings; they mirror the Alembic migrations, the schema's only source."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ class Ticket(Base):
 
     __tablename__ = "ticket"
     # Without AUTOINCREMENT SQLite may hand out a deleted row's id again.
-    __table_args__ = {"sqlite_autoincrement": True}
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
     number: Mapped[str | None] = mapped_column(String(64), unique=True)

@@ -30,7 +30,9 @@ from mailbridge.records import (
 
 
 async def inbound_by_key(session: AsyncSession, dedupe_key: str) -> InboundMessage | None:
-    return await session.scalar(select(InboundMessage).where(InboundMessage.dedupe_key == dedupe_key))
+    return await session.scalar(
+        select(InboundMessage).where(InboundMessage.dedupe_key == dedupe_key)
+    )
 
 
 async def outcomes_at(
@@ -106,7 +108,9 @@ async def tickets_by_reference(
             )
         )
         pairs.extend((mid, tid) for mid, tid in rows if mid is not None and tid is not None)
-    tickets = (await session.scalars(select(Ticket).where(Ticket.id.in_({t for _, t in pairs})))).all()
+    tickets = (
+        await session.scalars(select(Ticket).where(Ticket.id.in_({t for _, t in pairs})))
+    ).all()
     views = await _views(session, tickets)
     return {mid: views[tid] for mid, tid in pairs if tid in views}
 
@@ -137,7 +141,9 @@ async def customer_by_email(session: AsyncSession, email: str | None) -> Custome
 async def outgoing_count_since(session: AsyncSession, rcpt: str, since: datetime) -> int:
     """Automatic mail queued to one recipient since a moment (for the per-recipient caps)."""
     count = await session.scalar(
-        select(func.count(Outbox.id)).where(Outbox.rcpt_to == rcpt.lower(), Outbox.created_at >= since)
+        select(func.count(Outbox.id)).where(
+            Outbox.rcpt_to == rcpt.lower(), Outbox.created_at >= since
+        )
     )
     return int(count or 0)
 
