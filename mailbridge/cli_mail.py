@@ -14,7 +14,7 @@ from mailbridge.adapters.db.engine import make_engine, upgrade
 from mailbridge.app import open_app
 from mailbridge.cli import EXIT_TEMPFAIL, Context, fail, main, pass_context, run_async
 from mailbridge.errors import TransientError
-from mailbridge.pipeline.process import Intake
+from mailbridge.records import Intake
 from mailbridge.report import describe_failure, describe_plan, describe_result
 from mailbridge.settings import DatabaseSettings, Settings
 

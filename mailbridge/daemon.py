@@ -15,8 +15,8 @@ from mailbridge.adapters.db import store
 from mailbridge.adapters.imap import FolderState, ImapClient, backoff_delay
 from mailbridge.delivery import OutboxWorker
 from mailbridge.errors import TransientError
-from mailbridge.pipeline.process import Intake, Processor
-from mailbridge.records import Outcome, ProcessResult
+from mailbridge.pipeline.process import Processor
+from mailbridge.records import Intake, Outcome, ProcessResult
 from mailbridge.settings import ImapSettings
 
 log = structlog.get_logger(__name__)

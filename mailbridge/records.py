@@ -214,6 +214,26 @@ class Decision:
     language: str
 
 
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """A message handed to the pipeline, and where it came from (IMAP location when known)."""
+
+    data: bytes = field(repr=False)
+    source: str
+    mailbox: str | None = None
+    uidvalidity: int | None = None
+    uid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A decision plus what the writer needs: the customer, and why no answer may be sent."""
+
+    decision: Decision
+    customer: CustomerView | None
+    answer_suppressions: tuple[Reason, ...]
+
+
 class Outcome(StrEnum):
     """How a message ended; every message ends as exactly one of these."""
 

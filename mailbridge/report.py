@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailbridge.pipeline.process import Plan
-from mailbridge.records import Action, Address, Outcome, ParsedMail, ProcessResult
+from mailbridge.records import Action, Address, Outcome, ParsedMail, Plan, ProcessResult
 
 
 def _addresses(addresses: tuple[Address, ...]) -> list[dict[str, str]]:

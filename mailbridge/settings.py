@@ -9,7 +9,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -150,6 +158,28 @@ class HoursSettings(Group):
     close: time = time(17, 0)
     holidays_country: str = "RO"
     closed_dates: list[date] = Field(default_factory=list)
+
+    @field_validator("working_days")
+    @classmethod
+    def _some_days(cls, value: list[Weekday]) -> list[Weekday]:
+        if not value:
+            raise ValueError("at least one working day is needed")
+        return value
+
+    @field_validator("holidays_country")
+    @classmethod
+    def _known_country(cls, value: str) -> str:
+        import holidays
+
+        if value and value.upper() not in holidays.list_supported_countries():
+            raise ValueError(f"the holidays package does not know country {value!r}")
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _opens_before_closing(self) -> HoursSettings:
+        if self.open >= self.close:
+            raise ValueError(f"open ({self.open}) must be before close ({self.close})")
+        return self
 
     @field_validator("timezone")
     @classmethod

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,33 +15,25 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailbridge.adapters.blobs import BlobStore
 from mailbridge.adapters.db import store
-from mailbridge.adapters.db.models import (
-    InboundMessage,
-    Ticket,
-    TicketMessage,
-    TicketParticipant,
-    utcnow,
-)
+from mailbridge.adapters.db.models import InboundMessage, Ticket, utcnow
+from mailbridge.adapters.db.store import clean
 from mailbridge.errors import PermanentError, TransientError
 from mailbridge.pipeline.classify import classify
-from mailbridge.pipeline.hours import next_opening
 from mailbridge.pipeline.language import choose_language
 from mailbridge.pipeline.parse import parse_message
-from mailbridge.pipeline.quotes import strip_quoted
-from mailbridge.pipeline.render import AckContext, render_ack, render_cc_rejection
+from mailbridge.pipeline.persist import TicketWriter
 from mailbridge.pipeline.screen import ScreenPolicy, screen
-from mailbridge.pipeline.thread import choose_thread, format_number, thread_hint
+from mailbridge.pipeline.thread import choose_thread, thread_hint
 from mailbridge.records import (
-    Action,
-    CustomerView,
     Decision,
+    Intake,
     Outcome,
     OutgoingMail,
     ParsedMail,
-    Priority,
+    Plan,
     ProcessResult,
     Reason,
-    TicketType,
+    Verdict,
 )
 from mailbridge.settings import Settings
 
@@ -51,17 +42,6 @@ log = structlog.get_logger(__name__)
 # Parsing a large message takes a while in pure Python; off the loop it cannot stall IDLE.
 _PARSE_OFF_LOOP_BYTES = 256 * 1024
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
-
-
-@dataclass(frozen=True, slots=True)
-class Intake:
-    """A message handed to the pipeline, and where it came from."""
-
-    data: bytes
-    source: str
-    mailbox: str | None = None
-    uidvalidity: int | None = None
-    uid: int | None = None
 
 
 class StageTracker:
@@ -73,15 +53,6 @@ class StageTracker:
         self.name = name
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """A decision plus what the writer needs: the customer and the automatic answers allowed."""
-
-    decision: Decision
-    customer: CustomerView | None
-    answer_suppressions: tuple[Reason, ...]
-
-
 def dedupe_key(data: bytes) -> tuple[str, str | None]:
     """(key, message_id): the Message-ID when the header block has one, else the sha256."""
     header_block = re.split(rb"\r?\n\r?\n", data, maxsplit=1)[0]
@@ -91,12 +62,6 @@ def dedupe_key(data: bytes) -> tuple[str, str | None]:
         if 2 < len(text) <= 500:
             return f"mid:{text}", text
     return f"sha256:{hashlib.sha256(data).hexdigest()}", None
-
-
-def clean(text: str | None, limit: int | None = None) -> str:
-    """Text a database will take: no NUL (PostgreSQL refuses it), cut to the column's length."""
-    value = (text or "").replace("\x00", "\ufffd")
-    return value[:limit] if limit is not None else value
 
 
 class Processor:
@@ -115,6 +80,7 @@ class Processor:
         self.blobs = blobs
         self.clock = clock
         self.policy = ScreenPolicy.from_settings(settings)
+        self.writer = TicketWriter(settings, blobs, clock)
 
     async def parse(self, data: bytes) -> ParsedMail:
         limit = self.settings.storage.max_attachment_bytes
@@ -159,14 +125,14 @@ class Processor:
         return Plan(decision, customer, await self._answer_suppressions(session, parsed, verdict))
 
     async def _answer_suppressions(
-        self, session: AsyncSession, parsed: ParsedMail, verdict: Any
+        self, session: AsyncSession, parsed: ParsedMail, verdict: Verdict
     ) -> tuple[Reason, ...]:
         reasons = list(verdict.suppressions)
         if not self.settings.ack.enabled:
             reasons.append(Reason("acks_disabled", "ack.enabled is false"))
         address = parsed.reply_address
         if address is None:
-            return (*reasons, Reason("no_sender", "no From or Reply-To"))
+            return tuple(reasons)  # the screen has recorded why: no_sender
         now = self.clock()
         caps = (
             ("rate_cap_hour", timedelta(hours=1), self.settings.ack.max_per_recipient_hour),
@@ -230,7 +196,7 @@ class Processor:
                     await session.flush()
                 else:
                     inbound = await self._reopen(session, existing_id)
-                result = await self._write(session, intake, inbound, plan)
+                result = await self.writer.write(session, intake, inbound, plan)
             bound.info(result.outcome.value, ticket=result.ticket_number, inbound_id=inbound.id)
             return result
         except (TransientError, OperationalError, ConnectionError, TimeoutError) as error:
@@ -288,134 +254,9 @@ class Processor:
             reasons=[],
         )
 
-    async def _write(
-        self, session: AsyncSession, intake: Intake, inbound: InboundMessage, plan: Plan
-    ) -> ProcessResult:
-        decision = plan.decision
-        verdict = decision.verdict
-        inbound.reasons = [{"rule": r.rule, "detail": r.detail} for r in verdict.reasons]
-        inbound.reasons += [
-            {"rule": r.rule, "detail": r.detail, "kind": "no_answer"}
-            for r in plan.answer_suppressions
-        ]
-        if intake.mailbox is not None and intake.uidvalidity is not None and intake.uid:
-            await store.advance_checkpoint(session, intake.mailbox, intake.uidvalidity, intake.uid)
-        if verdict.action is Action.REJECT:
-            inbound.outcome = Outcome.REJECTED.value
-            if not plan.answer_suppressions:
-                await self._queue(session, self._cc_rejection(decision), None, inbound.id)
-            return ProcessResult(Outcome.REJECTED, inbound.id)
-        await self._store_attachments(decision.parsed)
-        if decision.thread.ticket_number is not None:
-            return await self._follow_up(session, inbound, decision)
-        return await self._new_ticket(session, inbound, plan)
-
-    async def _store_attachments(self, parsed: ParsedMail) -> None:
-        for attachment in parsed.attachments:
-            await asyncio.to_thread(self.blobs.put, attachment.data)
-
-    async def _follow_up(
-        self, session: AsyncSession, inbound: InboundMessage, decision: Decision
-    ) -> ProcessResult:
-        number = decision.thread.ticket_number or ""
-        ticket = await store.ticket_by_number(session, number)
-        if ticket is None:
-            raise PermanentError("thread", f"ticket {number} vanished while joining it")
-        parsed = decision.parsed
-        display = strip_quoted(parsed.body_text)
-        session.add(_message_row(ticket.id, inbound.id, parsed, display))
-        ticket.updated_at = utcnow()
-        if ticket.status != "open":
-            ticket.status = "open"  # a customer writing again reopens a solved ticket
-        inbound.ticket_id = ticket.id
-        inbound.outcome = Outcome.FOLLOW_UP.value
-        return ProcessResult(Outcome.FOLLOW_UP, inbound.id, ticket.number)
-
-    async def _new_ticket(
-        self, session: AsyncSession, inbound: InboundMessage, plan: Plan
-    ) -> ProcessResult:
-        decision = plan.decision
-        parsed, verdict = decision.parsed, decision.verdict
-        classification = decision.classification
-        assert classification is not None
-        requester = parsed.requester
-        linked_id = None
-        if decision.thread.linked_number:
-            linked = await store.ticket_by_number(session, decision.thread.linked_number)
-            linked_id = linked.id if linked else None
-        flagged = verdict.action is Action.FLAG
-        cc = [a.key for a in verdict.cc_addresses] if flagged else []
-        ticket = store.new_ticket(
-            parsed,
-            classification,
-            requester_email=clean(requester.key if requester else "", 320),
-            requester_name=clean(requester.name if requester else "", 255),
-            language=decision.language,
-            cc_flag=flagged,
-            cc_addresses=cc,
-            linked_ticket_id=linked_id,
-        )
-        ticket.subject = clean(ticket.subject)
-        session.add(ticket)
-        await session.flush()
-        ticket.number = format_number(self.settings.tickets.number_format, ticket.id)
-        participants = {ticket.requester_email: "requester"} if ticket.requester_email else {}
-        for address in cc:
-            participants.setdefault(clean(address, 320), "cc")
-        for email, role in participants.items():
-            session.add(TicketParticipant(ticket_id=ticket.id, email=email, role=role))
-        session.add(_message_row(ticket.id, inbound.id, parsed, parsed.body_text))
-        inbound.ticket_id = ticket.id
-        inbound.outcome = Outcome.TICKET_CREATED.value
-        if not plan.answer_suppressions:
-            await self._queue(
-                session, self.render_ack(decision, ticket.number), ticket.id, inbound.id
-            )
-        return ProcessResult(Outcome.TICKET_CREATED, inbound.id, ticket.number)
-
     def render_ack(self, decision: Decision, number: str) -> OutgoingMail:
-        parsed = decision.parsed
-        classification = decision.classification
-        requester = parsed.reply_address
-        assert requester is not None
-        assert classification is not None
-        received = self.clock()
-        context = AckContext(
-            ticket_number=number,
-            subject=parsed.subject,
-            requester=requester,
-            language=decision.language,
-            received_at=received,
-            next_opening=next_opening(received, self.settings.hours),
-            urgent=classification.priority is Priority.URGENT,
-            emergency_phone=self.settings.ack.emergency_phone,
-            ask_for_screenshot=classification.ticket_type is TicketType.BUG
-            and not any(a.is_image for a in parsed.attachments),
-            in_reply_to=parsed.message_id,
-            references=parsed.references,
-            company=self.settings.ack.company,
-            hours_text_inputs=self.settings.hours,
-        )
-        return render_ack(context, self.settings.ack, templates_dir=self.settings.ack.templates_dir)
-
-    def _cc_rejection(self, decision: Decision) -> OutgoingMail:
-        return render_cc_rejection(
-            parsed=decision.parsed,
-            cc=decision.verdict.cc_addresses,
-            language=decision.language,
-            ack=self.settings.ack,
-            support_address=self.settings.ack.from_address,
-            templates_dir=self.settings.ack.templates_dir,
-        )
-
-    async def _queue(
-        self,
-        session: AsyncSession,
-        mail: OutgoingMail,
-        ticket_id: int | None,
-        inbound_id: int,
-    ) -> None:
-        session.add(store.outbox_row(mail, ticket_id=ticket_id, inbound_id=inbound_id))
+        """The acknowledgement a new ticket with this number would get (inspect shows it)."""
+        return self.writer.render_ack(decision, number)
 
     async def _quarantine(
         self, intake: Intake, key: str, message_id: str | None, stage: str, error: Exception
@@ -451,20 +292,3 @@ class Processor:
                 return ProcessResult(Outcome.QUARANTINED, row.id, None, detail, stage)
         except (OperationalError, DBAPIError, OSError) as db_error:
             raise TransientError(f"cannot record the failure: {db_error}") from db_error
-
-
-def _message_row(
-    ticket_id: int, inbound_id: int | None, parsed: ParsedMail, display: str
-) -> TicketMessage:
-    row = store.new_message(ticket_id, inbound_id, parsed, clean(display))
-    row.subject = clean(row.subject)
-    row.body_text = clean(row.body_text)
-    row.body_html = clean(row.body_html) if row.body_html is not None else None
-    row.sender_name = clean(row.sender_name, 255)
-    row.sender_email = clean(row.sender_email, 320)
-    row.message_id = clean(row.message_id, 998) or None
-    for attachment in row.attachments:
-        attachment.filename = clean(attachment.filename, 255)
-        attachment.content_type = clean(attachment.content_type, 255)
-        attachment.content_id = clean(attachment.content_id, 998) or None
-    return row

@@ -86,6 +86,9 @@ def test_database_url_password_is_redacted(monkeypatch: pytest.MonkeyPatch) -> N
         ("[imap]\nhots = 'x'\n", "imap.hots: unknown setting"),
         ('[hours]\ntimezone = "Mars/Olympus"\n', "hours.timezone"),
         ('[tickets]\nnumber_format = "MB-fixed"\n', "tickets.number_format"),
+        ('[hours]\nopen = "18:00:00"\n', "hours: Value error, open (18:00:00) must be before"),
+        ("[hours]\nworking_days = []\n", "hours.working_days"),
+        ('[hours]\nholidays_country = "XX"\n', "hours.holidays_country"),
     ],
 )
 def test_bad_values_give_one_line_naming_the_key(tmp_path: Path, toml: str, needle: str) -> None:

@@ -29,6 +29,12 @@ from mailbridge.records import (
 )
 
 
+def clean(text: str | None, limit: int | None = None) -> str:
+    """Text every database takes: no NUL (PostgreSQL refuses it), cut to the column's length."""
+    value = (text or "").replace("\x00", "\ufffd")
+    return value[:limit] if limit is not None else value
+
+
 async def inbound_by_key(session: AsyncSession, dedupe_key: str) -> InboundMessage | None:
     return await session.scalar(
         select(InboundMessage).where(InboundMessage.dedupe_key == dedupe_key)
@@ -167,9 +173,9 @@ def new_ticket(
     linked_ticket_id: int | None,
 ) -> Ticket:
     return Ticket(
-        subject=parsed.subject,
-        requester_email=requester_email,
-        requester_name=requester_name,
+        subject=clean(parsed.subject),
+        requester_email=clean(requester_email, 320),
+        requester_name=clean(requester_name, 255),
         status="open",
         ticket_type=classification.ticket_type.value,
         type_rule=classification.type_rule,
@@ -178,7 +184,7 @@ def new_ticket(
         priority_reasons=list(classification.priority_reasons),
         language=language,
         cc_flag=cc_flag,
-        cc_addresses=list(cc_addresses),
+        cc_addresses=[clean(a, 320) for a in cc_addresses],
         linked_ticket_id=linked_ticket_id,
     )
 
@@ -190,23 +196,23 @@ def new_message(
     return TicketMessage(
         ticket_id=ticket_id,
         inbound_id=inbound_id,
-        message_id=parsed.message_id,
-        sender_email=sender.key if sender else "",
-        sender_name=sender.name if sender else "",
-        subject=parsed.subject,
-        body_text=parsed.body_text,
-        display_text=display_text,
-        body_html=parsed.body_html,
-        defects=list(parsed.defects),
-        omitted=list(parsed.omitted),
+        message_id=clean(parsed.message_id, 998) or None,
+        sender_email=clean(sender.key if sender else "", 320),
+        sender_name=clean(sender.name if sender else "", 255),
+        subject=clean(parsed.subject),
+        body_text=clean(parsed.body_text),
+        display_text=clean(display_text),
+        body_html=clean(parsed.body_html) if parsed.body_html is not None else None,
+        defects=[clean(d) for d in parsed.defects],
+        omitted=[clean(o) for o in parsed.omitted],
         attachments=[
             AttachmentRow(
-                filename=a.filename,
-                content_type=a.content_type,
+                filename=clean(a.filename, 255),
+                content_type=clean(a.content_type, 255),
                 size=a.size,
                 sha256=a.sha256,
                 inline=a.inline,
-                content_id=a.content_id,
+                content_id=clean(a.content_id, 998) or None,
             )
             for a in parsed.attachments
         ],

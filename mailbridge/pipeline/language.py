@@ -1,0 +1,121 @@
+"""The answer's language: customer record, then Content-Language, then a cheap text guess."""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+SUPPORTED: Final = ("ro", "sr", "en")
+
+# Primary subtags that map onto a supported language ("mo" is the retired Moldovan tag).
+_ALIASES: Final = {"ro": "ro", "mo": "ro", "sr": "sr", "en": "en"}
+
+# Letters that only one of the supported languages uses (both cedilla and comma forms for ro).
+_LETTERS: Final = {"ro": frozenset("ăâîșşțţ"), "sr": frozenset("čćđšž")}
+
+# Short, frequent words; chosen so that no word belongs to two of the sets.
+_WORDS: Final = {
+    "ro": frozenset(
+        {
+            "și", "si", "nu", "este", "sunt", "pentru", "care", "vă", "va", "rog",
+            "mulțumesc", "multumesc", "bună", "buna", "ziua", "merge", "funcționează",
+            "functioneaza", "avem", "aveți", "aveti", "problemă", "acest", "această"
+        }
+    ),
+    "sr": frozenset(
+        {
+            "hvala", "pozdrav", "molim", "radi", "je", "nije", "za", "kako", "sam",
+            "što", "sto", "jer", "može", "moze", "imam", "poštovani", "postovani",
+            "dobar", "dan", "sajt"
+        }
+    ),
+    "en": frozenset(
+        {
+            "the", "and", "is", "are", "please", "thanks", "thank", "hello", "not",
+            "working", "with", "for", "our", "we", "you", "this", "that", "have", "can",
+            "it"
+        }
+    ),
+}  # fmt: skip
+
+_CYRILLIC: Final = re.compile(r"[\u0400-\u04ff]")
+_WORD: Final = re.compile(r"[^\W\d_]+(?:-[^\W\d_]+)*")
+_SCAN_CHARS: Final = 4000
+
+
+def normalise_tag(tag: str | None) -> str | None:
+    """The supported language a tag (or the first usable one in a list) names, else None.
+
+    "ro-RO" → "ro", "sr-Latn-RS" → "sr", "de, en" → "en", "de" → None.
+    """
+    if not tag:
+        return None
+    for item in re.split(r"[,\s]+", tag):
+        primary = item.split(";")[0].replace("_", "-").split("-")[0].strip().lower()
+        if primary in _ALIASES:
+            return _ALIASES[primary]
+    return None
+
+
+def _unquoted(text: str) -> str:
+    """The first few thousand characters, without quoted lines ("> ...")."""
+    lines = (line for line in text[: _SCAN_CHARS * 2].splitlines() if not line.startswith(">"))
+    return "\n".join(lines)[:_SCAN_CHARS]
+
+
+def guess_language(text: str) -> str | None:
+    """A guess from the text alone, or None when nothing points anywhere (or it is a tie).
+
+    Scores: one point per known word, one per language-specific letter; a word written in
+    Cyrillic counts for Serbian (the only Cyrillic-script language among our customers).
+    """
+    sample = _unquoted(text).lower()
+    scores = dict.fromkeys(SUPPORTED, 0)
+    for word in _WORD.findall(sample):
+        if _CYRILLIC.search(word):
+            scores["sr"] += 1
+            continue
+        for language, words in _WORDS.items():
+            if word in words:
+                scores[language] += 1
+    for char in sample:
+        for language, letters in _LETTERS.items():
+            if char in letters:
+                scores[language] += 1
+    best = max(scores.values())
+    leaders = [language for language, score in scores.items() if score == best]
+    return leaders[0] if best > 0 and len(leaders) == 1 else None
+
+
+def choose_language(
+    *, customer_language: str | None, content_language: str | None, text: str, default: str
+) -> str:
+    """One of "ro", "sr", "en": the customer's recorded language, the Content-Language header,
+    a guess from the text, then `default` (returned as given)."""
+    return (
+        normalise_tag(customer_language)
+        or normalise_tag(content_language)
+        or guess_language(text)
+        or default
+    )
+
+
+def is_cyrillic(text: str) -> bool:
+    """More Cyrillic than Latin letters in the (unquoted) text."""
+    sample = _unquoted(text)
+    cyrillic = len(_CYRILLIC.findall(sample))
+    latin = sum(1 for char in sample if char.isascii() and char.isalpha())
+    return cyrillic > latin
+
+
+def template_language(language: str, *, text: str = "", tag: str | None = None) -> str:
+    """The template variant: "sr-Cyrl" for Serbian asked for in Cyrillic (a tag with the Cyrl
+    script subtag, or a Cyrillic text when the tag says nothing of script), else `language`."""
+    if language != "sr":
+        return language
+    subtags = {part.lower() for part in re.split(r"[-_]", tag or "")}
+    if "cyrl" in subtags:
+        return "sr-Cyrl"
+    if "latn" in subtags:
+        return "sr"
+    return "sr-Cyrl" if is_cyrillic(text) else "sr"
