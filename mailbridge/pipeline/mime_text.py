@@ -30,8 +30,15 @@ _SIBLINGS: dict[str, tuple[str, ...]] = {
 }
 _SINGLE_BYTE = ("iso8859", "cp125", "koi8", "mac_", "ascii", "cp437", "cp850", "cp852", "cp866")
 # Labels seen in mail that Python does not know.
-_ALIASES = {"x-sjis": "cp932", "x-gbk": "gb18030", "x-euc-jp": "euc_jp", "windows-874": "cp874",
-            "unicode-1-1-utf-7": "utf_7", "utf8mb4": "utf_8", "x-cp1250": "cp1250"}
+_ALIASES = {
+    "x-sjis": "cp932",
+    "x-gbk": "gb18030",
+    "x-euc-jp": "euc_jp",
+    "windows-874": "cp874",
+    "unicode-1-1-utf-7": "utf_7",
+    "utf8mb4": "utf_8",
+    "x-cp1250": "cp1250",
+}
 # Candidates for detection: the scripts our customers write in plus common East Asian ones.
 # Unrestricted detection guesses UTF-16 for short Romanian text.
 _DETECT_CANDIDATES = [
