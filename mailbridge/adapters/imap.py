@@ -1,0 +1,418 @@
+"""The IMAP adapter: the only module that speaks IMAP (aioimaplib behind a small typed client)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import ssl
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aioimaplib
+import structlog
+
+from mailbridge.adapters.imap_protocol import (
+    Imap4,
+    IterativeProtocol,
+    decode_mailbox,
+    encode_mailbox,
+    uid_set,
+)
+from mailbridge.errors import TransientError
+from mailbridge.records import RawMail
+from mailbridge.settings import ImapSecurity, ImapSettings
+
+log = structlog.get_logger(__name__)
+
+FETCH_ITEMS = "(UID RFC822.SIZE BODY.PEEK[])"
+MAX_UIDS_PER_COMMAND = 1000  # bounds a command's UID set and its reply (one EXPUNGE per UID)
+LOGOUT_TIMEOUT = 5.0
+_STOP_PUSH: list[bytes] = aioimaplib.aioimaplib.STOP_WAIT_SERVER_PUSH
+_LIBRARY_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    OSError,
+    EOFError,
+    RecursionError,
+    aioimaplib.aioimaplib.AioImapException,
+)
+_CLOSE_ERRORS: tuple[type[BaseException], ...] = (*_LIBRARY_ERRORS, RuntimeError)
+_KEYWORD_RE = re.compile(r"[^\s(){%*\"\\\]\x00-\x1f\x7f]+", re.ASCII)
+_FETCH_HEADER_RE = re.compile(rb"\d+ FETCH \(")
+_UID_RE = re.compile(rb"\bUID (\d+)")
+_SIZE_RE = re.compile(rb"\bRFC822\.SIZE (\d+)")
+_LIST_RE = re.compile(rb'\((?P<flags>[^)]*)\) (?:NIL|"(?:[^"\\]|\\.)*") (?P<name>.*)$')
+_PUSH_RE = re.compile(rb"(\d+) (EXISTS|RECENT|EXPUNGE)\b")
+
+
+class ImapError(TransientError):
+    """The IMAP connection failed (network, timeout, BYE, unexpected NO); it has been closed."""
+
+
+class ImapAuthError(ImapError):
+    """The server refused the login."""
+
+
+@dataclass(frozen=True, slots=True)
+class FolderState:
+    """A selected folder as SELECT reported it."""
+
+    name: str
+    uidvalidity: int
+    uidnext: int | None
+    exists: int
+
+
+def backoff_delay(attempt: int, cap: float, base: float = 1.0) -> float:
+    """Seconds to wait before reconnect `attempt` (0-based): doubling, capped, half jittered."""
+    ceiling = min(cap, base * 2.0 ** min(max(attempt, 0), 32))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def _text(response: Any) -> str:
+    """The tagged status text of a response, for error messages."""
+    lines = response.lines
+    last = lines[-1] if lines else b""
+    return bytes(last).decode("ascii", "replace")[:200]
+
+
+def _has_news(lines: Iterable[Any]) -> bool:
+    for line in lines:
+        match = _PUSH_RE.match(line) if isinstance(line, bytes) else None
+        if match and not (match.group(2) == b"RECENT" and match.group(1) == b"0"):
+            return True
+    return False
+
+
+def _said_bye(lines: Iterable[Any]) -> bool:
+    return any(isinstance(line, bytes) and line.startswith(b"BYE") for line in lines)
+
+
+def _check_keyword(keyword: str) -> None:
+    if not _KEYWORD_RE.fullmatch(keyword):
+        raise ValueError(f"not an IMAP keyword: {keyword!r}")
+
+
+def _call(method: str, *args: str) -> Callable[[Any], Awaitable[Any]]:
+    """A deferred `imap.<method>(*args)` for `ImapClient._run` (binds the arguments now)."""
+    return lambda imap: getattr(imap, method)(*args)
+
+
+def _folder_key(name: str) -> str:
+    """INBOX is case-insensitive (RFC 3501 section 5.1); every other name is exact."""
+    return "INBOX" if name.upper() == "INBOX" else name
+
+
+class ImapClient:
+    """One IMAP connection for one mailbox. Any ImapError leaves it closed: `connect()` again."""
+
+    def __init__(self, settings: ImapSettings, *, timeout: float | None = None) -> None:
+        self._settings = settings
+        self._timeout = settings.timeout_seconds if timeout is None else timeout
+        self._imap: Any = None
+        self._selected: FolderState | None = None
+        self._log = log.bind(imap_host=settings.host, imap_user=settings.user)
+        self.capabilities: frozenset[str] = frozenset()
+        self.has_move = False
+        self.has_idle = False
+
+    @property
+    def connected(self) -> bool:
+        return self._imap is not None
+
+    @property
+    def selected(self) -> FolderState | None:
+        return self._selected
+
+    # --- connection ------------------------------------------------------------------------
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        settings = self._settings
+        if settings.security is ImapSecurity.TLS:
+            cafile = str(settings.ca_file) if settings.ca_file is not None else None
+            return ssl.create_default_context(cafile=cafile)
+        self._log.warning("imap_plaintext_connection", port=settings.port)
+        return None
+
+    async def connect(self) -> None:
+        """Connect, LOGIN and read the capabilities; ImapAuthError if the login is refused."""
+        await self.close()
+        settings = self._settings
+        context = self._ssl_context()
+        self._imap = Imap4(settings.host, settings.port, timeout=self._timeout, ssl_context=context)
+        await self._run("connect", lambda imap: imap.wait_hello_from_server())
+        password = settings.password.get_secret_value()
+        user = aioimaplib.quoted(settings.user)
+        response = await self._run("login", lambda imap: imap.login(user, password))
+        if response.result != "OK":
+            text = _text(response)
+            await self._drop()
+            self._log.warning("imap_login_refused", reply=text)
+            if "[UNAVAILABLE]" in text:
+                raise ImapError(f"login to {settings.host}: server unavailable: {text}")
+            raise ImapAuthError(f"login to {settings.host} as {settings.user} refused: {text}")
+        await self._run("capability", lambda imap: imap.protocol.capability())
+        self.capabilities = frozenset(c.upper() for c in self._imap.protocol.capabilities)
+        self.has_move = "MOVE" in self.capabilities
+        self.has_idle = "IDLE" in self.capabilities and settings.idle
+        self._log.info(
+            "imap_connected",
+            port=settings.port,
+            security=str(settings.security),
+            move=self.has_move,
+            idle=self.has_idle,
+        )
+
+    async def close(self) -> None:
+        """LOGOUT (under a short timeout) and close the connection; never raises."""
+        imap = self._imap
+        if imap is None:
+            return
+        protocol: IterativeProtocol = imap.protocol
+        try:
+            transport = protocol.transport
+            if transport is not None and not transport.is_closing() and not protocol.lost.is_set():
+                await asyncio.wait_for(imap.logout(), min(self._timeout, LOGOUT_TIMEOUT))
+        except _CLOSE_ERRORS as error:
+            self._log.debug("imap_logout_failed", error=repr(error))
+        finally:
+            await self._drop(graceful=True)
+
+    async def _drop(self, *, graceful: bool = False) -> None:
+        """Close the transport now and fail what is pending; waits briefly for the socket."""
+        imap, self._imap, self._selected = self._imap, None, None
+        if imap is None:
+            return
+        protocol: IterativeProtocol = imap.protocol
+        imap.abandon(graceful=graceful)
+        if protocol.transport is not None:
+            try:
+                await asyncio.wait_for(protocol.lost.wait(), 2.0)
+            except TimeoutError:
+                self._log.debug("imap_close_slow")
+
+    async def _run(self, what: str, call: Callable[[Any], Awaitable[Any]]) -> Any:
+        """Await one library call under the timeout; on any failure drop the connection."""
+        imap = self._imap
+        if imap is None:
+            raise ImapError(f"{what}: not connected")
+        try:
+            return await asyncio.wait_for(call(imap), self._timeout)
+        except _LIBRARY_ERRORS as error:
+            reason = "timed out" if isinstance(error, TimeoutError) else repr(error)
+            await self._fail(what, reason, error)
+        except asyncio.CancelledError:
+            self._imap = self._selected = None
+            imap.abandon(graceful=False)
+            raise
+
+    async def _fail(self, what: str, reason: str, cause: BaseException | None = None) -> Any:
+        await self._drop()
+        self._log.warning("imap_connection_dropped", command=what, reason=reason)
+        raise ImapError(f"IMAP {what} on {self._settings.host}: {reason}") from cause
+
+    async def _ok(self, what: str, call: Callable[[Any], Awaitable[Any]]) -> Any:
+        """`_run`, and anything but OK is a failure too."""
+        response = await self._run(what, call)
+        if response.result != "OK":
+            await self._fail(what, f"{response.result} {_text(response)}")
+        return response
+
+    # --- folders ---------------------------------------------------------------------------
+
+    async def ensure_folders(self, names: Iterable[str]) -> None:
+        """CREATE each folder that LIST does not show."""
+        wanted = list(dict.fromkeys(names))
+        response = await self._ok("list", lambda imap: imap.list('""', "*"))
+        existing = {_folder_key(name) for name in self._names(response.lines)}
+        for name in wanted:
+            if _folder_key(name) in existing:
+                continue
+            encoded = encode_mailbox(name)
+            created = await self._run("create", _call("create", encoded))
+            if created.result == "OK":
+                self._log.info("imap_folder_created", folder=name)
+            elif "[ALREADYEXISTS]" not in _text(created):
+                await self._fail("create", f"{created.result} {_text(created)}")
+
+    @staticmethod
+    def _names(lines: Sequence[Any]) -> list[str]:
+        names: list[str] = []
+        for index, line in enumerate(lines[:-1]):
+            match = _LIST_RE.match(line) if isinstance(line, bytes) else None
+            if match is None:
+                continue
+            raw = match.group("name")
+            if (
+                raw.endswith(b"}")
+                and index + 1 < len(lines)
+                and isinstance(lines[index + 1], bytearray)
+            ):
+                raw = bytes(lines[index + 1])
+            elif raw.startswith(b'"') and raw.endswith(b'"'):
+                raw = re.sub(rb"\\(.)", rb"\1", raw[1:-1])
+            names.append(decode_mailbox(raw.decode("utf-8", "replace")))
+        return names
+
+    async def select(self, folder: str) -> FolderState:
+        """SELECT the folder; its UIDVALIDITY, UIDNEXT and message count."""
+        self._selected = None
+        encoded = encode_mailbox(folder)
+        response = await self._ok("select", lambda imap: imap.select(encoded))
+        exists, uidvalidity, uidnext = 0, None, None
+        for line in response.lines:
+            if not isinstance(line, bytes):
+                continue
+            if match := re.match(rb"(\d+) EXISTS", line):
+                exists = int(match.group(1))
+            elif match := re.search(rb"\[UIDVALIDITY (\d+)\]", line):
+                uidvalidity = int(match.group(1))
+            elif match := re.search(rb"\[UIDNEXT (\d+)\]", line):
+                uidnext = int(match.group(1))
+        if uidvalidity is None:
+            await self._fail("select", f"no UIDVALIDITY for {folder!r}")
+            raise AssertionError("unreachable")  # for the type checker: _fail raises
+        self._selected = FolderState(folder, uidvalidity, uidnext, exists)
+        self._log.debug("imap_selected", folder=folder, uidvalidity=uidvalidity, exists=exists)
+        return self._selected
+
+    def _require_selected(self) -> FolderState:
+        if self._imap is None:
+            raise ImapError("not connected (an earlier failure closed the connection)")
+        if self._selected is None:
+            raise RuntimeError("no folder selected: call select() first")
+        return self._selected
+
+    # --- messages --------------------------------------------------------------------------
+
+    async def search_unsettled(self, keyword: str) -> list[int]:
+        """UIDs of the selected folder's messages without `keyword` and not \\Deleted."""
+        _check_keyword(keyword)
+        self._require_selected()
+        response = await self._ok(
+            "search",
+            lambda imap: imap.uid_search("UNKEYWORD", keyword, "UNDELETED", charset=None),
+        )
+        found: set[int] = set()
+        for line in response.lines[:-1]:
+            words = bytes(line).split()
+            if words and all(word.isdigit() for word in words):
+                found.update(int(word) for word in words)
+        return sorted(found)
+
+    async def fetch(self, uids: Sequence[int]) -> list[RawMail]:
+        """The raw bytes of these messages (without setting \\Seen), in UID order."""
+        folder = self._require_selected()
+        if not uids:
+            return []
+        wanted = set(uids)
+        response = await self._ok(
+            "fetch", lambda imap: imap.uid("fetch", uid_set(wanted), FETCH_ITEMS)
+        )
+        mails: dict[int, RawMail] = {}
+        header, body, tail = b"", None, b""
+        for line in [*response.lines[:-1], b"0 FETCH ("]:  # a sentinel header ends the last item
+            if isinstance(line, bytearray):
+                body = bytes(line) if body is None else body
+                continue
+            if not _FETCH_HEADER_RE.match(line):
+                tail += line
+                continue
+            uid_match = _UID_RE.search(header) or _UID_RE.search(tail)
+            if uid_match and body is not None and int(uid_match.group(1)) in wanted:
+                uid = int(uid_match.group(1))
+                size = _SIZE_RE.search(header + tail)
+                if size and int(size.group(1)) != len(body):
+                    self._log.warning(
+                        "imap_size_mismatch", uid=uid, size=int(size.group(1)), got=len(body)
+                    )
+                mails[uid] = RawMail(folder.name, folder.uidvalidity, uid, body)
+            header, body, tail = line, None, b""
+        if len(mails) != len(wanted):
+            self._log.info(
+                "imap_fetch_missing", folder=folder.name, missing=sorted(wanted - set(mails))[:20]
+            )
+        return [mails[uid] for uid in sorted(mails)]
+
+    async def settle(self, uids: Sequence[int], folder: str, keyword: str) -> None:
+        """UID MOVE to `folder` when MOVE is offered, else mark them (\\Seen `keyword`)."""
+        _check_keyword(keyword)
+        selected = self._require_selected()
+        ordered = sorted(set(uids))
+        for start in range(0, len(ordered), MAX_UIDS_PER_COMMAND):
+            chunk = uid_set(ordered[start : start + MAX_UIDS_PER_COMMAND])
+            if self.has_move:
+                target = encode_mailbox(folder)
+                await self._ok("move", _call("uid", "move", chunk, target))
+            else:
+                flags = f"(\\Seen {keyword})"
+                await self._ok("store", _call("uid", "store", chunk, "+FLAGS.SILENT", flags))
+        if ordered:
+            self._log.info(
+                "imap_settled",
+                folder=selected.name,
+                to=folder if self.has_move else None,
+                count=len(ordered),
+                method="move" if self.has_move else "store",
+            )
+
+    # --- waiting ---------------------------------------------------------------------------
+
+    async def wait_for_news(self, max_seconds: float) -> bool:
+        """IDLE until the server reports new or expunged mail (True) or `max_seconds` pass."""
+        if not self.has_idle:
+            await asyncio.sleep(max_seconds)
+            return False
+        self._require_selected()
+        imap = self._imap
+        queue: asyncio.Queue[Any] = imap.protocol.idle_queue
+        while not queue.empty():  # pushes from an earlier IDLE were looked at then
+            queue.get_nowait()
+        idle_task = await self._run(
+            "idle", lambda imap: imap.idle_start(timeout=max_seconds + 2 * self._timeout)
+        )
+        command = imap.protocol.pending_sync_command
+        try:
+            news = await self._idle_until_news(queue, idle_task, max_seconds)
+        except asyncio.CancelledError:
+            if self._imap is imap and imap.has_pending_idle() and not imap.protocol.lost.is_set():
+                imap.idle_done()  # leave IDLE so close() can still LOGOUT
+            raise
+        imap.idle_done()
+        response = await self._ok("idle_done", lambda _imap: idle_task)
+        leftovers = [*getattr(command, "buffer", []), *response.lines]
+        while not queue.empty():
+            leftovers.extend(queue.get_nowait())
+        news = news or _has_news(leftovers)
+        self._log.debug("imap_idle_ended", news=news)
+        return news
+
+    async def _idle_until_news(
+        self, queue: asyncio.Queue[Any], idle_task: asyncio.Future[Any], max_seconds: float
+    ) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_seconds
+        while (remaining := deadline - loop.time()) > 0:
+            getter = asyncio.ensure_future(queue.get())
+            try:
+                await asyncio.wait(
+                    {getter, idle_task}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                if not getter.done():
+                    getter.cancel()
+            if getter.done() and not getter.cancelled():
+                lines = getter.result()
+                if lines is _STOP_PUSH or lines == _STOP_PUSH:
+                    return False
+                if _said_bye(lines):
+                    await self._fail("idle", "server said BYE")
+                if _has_news(lines):
+                    return True
+            if idle_task.done():
+                reason = "IDLE ended by the server"
+                if not idle_task.cancelled() and idle_task.exception() is not None:
+                    reason = repr(idle_task.exception())
+                await self._fail("idle", reason)
+        return False
