@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import wraps
@@ -12,6 +13,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 import structlog
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from mailbridge import __version__, logs
 from mailbridge.adapters.db.engine import (
@@ -103,6 +105,16 @@ def run_async(function: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., 
             fail(str(error))
         except TransientError as error:
             fail(f"temporary failure, try again later: {error}", EXIT_TEMPFAIL)
+        except (
+            ConnectionError,
+            TimeoutError,
+            socket.gaierror,
+            OperationalError,
+            InterfaceError,
+        ) as error:
+            # The database (or its host) is away: worth retrying, and an MTA must keep the mail
+            # (Postfix bounces on any exit status but the sysexits temporary ones).
+            fail(f"temporary failure, try again later: {_one_line(str(error))}", EXIT_TEMPFAIL)
         except OSError as error:
             fail(str(error))
 
@@ -201,7 +213,12 @@ def _register_admin_commands() -> None:
     """Commands that live in their own modules attach themselves to `main` here."""
     import importlib
 
-    for name in ("mailbridge.cli_mail", "mailbridge.cli_admin"):
+    for name in (
+        "mailbridge.cli_mail",
+        "mailbridge.cli_admin",
+        "mailbridge.cli_failed",
+        "mailbridge.cli_tickets",
+    ):
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as error:

@@ -145,11 +145,11 @@ def test_naive_moments_are_refused() -> None:
         next_opening(datetime(2026, 9, 11, 10, 0), hours())
 
 
-def test_hours_that_never_open_are_a_value_error() -> None:
-    with pytest.raises(ValueError, match="never open"):
-        next_opening(local(2026, 9, 11, 18, 0), hours(working_days=[]))
-    with pytest.raises(ValueError, match="never open"):
-        next_opening(local(2026, 9, 11, 18, 0), hours(open=time(17, 0), close=time(8, 0)))
+def test_hours_that_never_open_are_refused_by_the_settings() -> None:
+    with pytest.raises(ValueError, match="at least one working day"):
+        hours(working_days=[])
+    with pytest.raises(ValueError, match="must be before close"):
+        hours(open=time(17, 0), close=time(8, 0))
 
 
 def test_holidays_are_cached_per_country_and_year() -> None:

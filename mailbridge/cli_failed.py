@@ -1,0 +1,417 @@
+"""`mailbridge failed …`: list, show, replay, discard and export messages that made no ticket."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import Counter
+from datetime import datetime
+from email import message_from_bytes, policy
+from email.header import decode_header, make_header
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.progress import Progress
+
+from mailbridge.adapters.db import queries
+from mailbridge.app import App, open_app
+from mailbridge.cli import EXIT_ERROR, Context, fail, main, pass_context, run_async, run_command
+from mailbridge.cli_admin import SINCE, console, emit_json, first_line, plain, print_table, when
+from mailbridge.errors import TransientError
+from mailbridge.records import Outcome
+from mailbridge.report import describe_plan, describe_result, predicted_outcome
+
+KEY_HEADERS = ("From", "To", "Cc", "Subject", "Date", "Message-ID")
+_PROGRESS_FROM = 5  # messages; fewer finish before a bar would help
+
+
+def key_headers(head: bytes) -> dict[str, str | None]:
+    """The headers an admin recognises a message by, decoded; never raises on bad input."""
+    block = head.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    message = message_from_bytes(block + b"\n\n", policy=policy.compat32)
+    found: dict[str, str | None] = {}
+    for name in KEY_HEADERS:
+        value = message.get(name)
+        if value is None:
+            found[name.lower()] = None
+            continue
+        try:
+            text = str(make_header(decode_header(str(value))))
+        except Exception:  # a broken encoded word shows as written
+            text = str(value)
+        found[name.lower()] = " ".join(text.split())
+    return found
+
+
+def record_json(record: queries.InboundRecord) -> dict[str, Any]:
+    data: dict[str, Any] = plain(record)
+    data.pop("head", None)
+    data.pop("raw", None)
+    data["headers"] = key_headers(record.head)
+    return data
+
+
+@main.group()
+def failed() -> None:
+    """Messages that made no ticket: see why, replay them, or discard them with a reason.
+
+    Exit codes: 0 ok, 1 not found or still failing, 2 bad usage, 75 database away.
+    """
+
+
+def _states(all_states: bool) -> tuple[str, ...]:
+    return ("failed", "discarded") if all_states else ("failed",)
+
+
+@failed.command("list")
+@click.option("--since", type=SINCE, help="Received at or after: 2026-05-01, an ISO time, 2h, 3d.")
+@click.option(
+    "--stage", help="Failed at this stage (parse, screen, thread, classify, persist, store)."
+)
+@click.option("--error", "error", metavar="SUBSTRING", help="Error or error class contains this.")
+@click.option(
+    "--all-states",
+    is_flag=True,
+    help="Also discarded messages (the audit trail) and rejected ones: all that made no ticket.",
+)
+@click.option("--json", "as_json", is_flag=True, help="A JSON array instead of a table.")
+@pass_context
+@run_async
+async def failed_list(
+    context: Context,
+    since: datetime | None,
+    stage: str | None,
+    error: str | None,
+    all_states: bool,
+    as_json: bool,
+) -> None:
+    """List failed messages, oldest first (with --all-states: all that made no ticket).
+
+    \b
+    Examples:
+      mailbridge failed list
+      mailbridge failed list --since 2h --stage store
+      mailbridge failed list --error UnicodeDecodeError --json
+      mailbridge failed list --all-states          # discarded ones too
+    """
+    async with open_app(context.settings) as app, app.sessions() as session:
+        rows = await queries.list_inbound(
+            session,
+            states=_states(all_states),
+            rejected=all_states,
+            since=since,
+            stage=stage,
+            error=error,
+        )
+    if as_json:
+        emit_json([record_json(r) for r in rows])
+        return
+    if not rows:
+        click.echo("no failed messages")
+        return
+    columns = ["ID", "Received", "Stage", "Tries", "From", "Subject", "Error"]
+    if all_states:
+        columns.insert(1, "State")
+    table = []
+    for r in rows:
+        headers = key_headers(r.head)
+        error_text = r.discard_reason if r.state == "discarded" else r.error
+        if r.outcome == Outcome.REJECTED.value:
+            error_text = "; ".join(f"{x.get('rule')}: {x.get('detail')}" for x in r.reasons)
+        line = [
+            r.id,
+            when(r.received_at),
+            r.stage or "-",
+            r.attempts,
+            first_line(headers["from"], 40),
+            first_line(headers["subject"], 50),
+            first_line(f"{r.error_class}: {error_text}" if r.error_class else error_text, 80),
+        ]
+        if all_states:
+            line.insert(1, r.outcome if r.state == "done" else r.state)
+        table.append(line)
+    print_table(columns, table)
+    click.echo(f"{len(rows)} message(s)")
+
+
+async def _record(app: App, inbound_id: int, *, raw: bool = False) -> queries.InboundRecord:
+    async with app.sessions() as session:
+        record = await queries.get_inbound(session, inbound_id, raw=raw)
+    if record is None:
+        fail(f"no failed message {inbound_id}")
+    if record.state == "done" and record.outcome != Outcome.REJECTED.value:
+        ticket = f" {record.ticket_number}" if record.ticket_number else ""
+        fail(f"no failed message {inbound_id} (it was processed: {record.outcome}{ticket})")
+    return record
+
+
+@failed.command("show")
+@click.argument("inbound_id", metavar="ID", type=click.IntRange(min=1))
+@click.option("--raw", is_flag=True, help="Write the original message (.eml bytes) to stdout.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
+@pass_context
+@run_async
+async def failed_show(context: Context, inbound_id: int, raw: bool, as_json: bool) -> None:
+    """Show one failed, discarded or rejected message: why, where it came from, its headers.
+
+    \b
+    Examples:
+      mailbridge failed show 42
+      mailbridge failed show 42 --raw > 42.eml
+      mailbridge failed show 42 --raw | mailbridge inspect -
+    """
+    async with open_app(context.settings) as app:
+        record = await _record(app, inbound_id, raw=raw)
+    if raw:
+        stdout = click.get_binary_stream("stdout")
+        stdout.write(record.raw or b"")
+        stdout.flush()
+        return
+    if as_json:
+        emit_json(record_json(record))
+        return
+    headers = key_headers(record.head)
+    where = "pipe (ingest)" if record.source == "pipe" else record.source
+    if record.mailbox is not None:
+        where = f"IMAP {record.mailbox} UID {record.uid} (UIDVALIDITY {record.uidvalidity})"
+    lines = [
+        ("ID", str(record.id)),
+        ("State", f"{record.state} ({record.outcome or '-'})"),
+        ("Stage", record.stage or "-"),
+        ("Error", f"{record.error_class or '-'}: {record.error or ''}".rstrip(": ")),
+        ("Attempts", str(record.attempts)),
+        ("Received", f"{when(record.received_at)} (last try {when(record.updated_at)})"),
+        ("Source", where),
+        ("Size", f"{record.size} bytes, sha256 {record.sha256}"),
+    ]
+    if record.state == "discarded":
+        lines.append(("Discarded", record.discard_reason or ""))
+    lines += [(name, headers[name.lower()] or "-") for name in KEY_HEADERS]
+    for rule in record.reasons:
+        lines.append(("Reason", f"{rule.get('rule')}: {rule.get('detail')}"))
+    for label, value in lines:
+        click.echo(f"{label + ':':12} {value}")
+
+
+def _store_problem(root: Path) -> str | None:
+    """Why attachments could not be written under `root` now, or None (for dry runs)."""
+    path = root
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    where = f"attachment store {root}" + ("" if path == root else f": {path}")
+    if not path.is_dir():
+        return f"{where} is not a directory"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{where} is not writable"
+    return None
+
+
+async def _predict(app: App, record: queries.InboundRecord) -> tuple[str, bool]:
+    """(what replaying would do, whether it would still fail), writing nothing."""
+    try:
+        plan = await app.processor.preview(record.raw or b"")
+    except TransientError:
+        raise
+    except Exception as error:  # the prediction: it fails again
+        return f"would still fail: {type(error).__name__}: {first_line(str(error), 200)}", True
+    outcome = predicted_outcome(plan)
+    report = describe_plan(plan)
+    if outcome != Outcome.REJECTED.value and plan.decision.parsed.attachments:
+        problem = _store_problem(app.blobs.root)
+        if problem:
+            return f"would still fail at store: {problem}", True
+    if outcome == Outcome.REJECTED.value:
+        rules = ", ".join(r["rule"] for r in report["reasons"]) or "policy"
+        return f"would be rejected ({rules})", False
+    if outcome == Outcome.FOLLOW_UP.value:
+        return f"would join ticket {report['thread']['ticket']}", False
+    return (
+        f"would create a ticket ({report['ticket_type']}, {report['department']}, "
+        f"priority {report['priority']})",
+        False,
+    )
+
+
+async def _targets(
+    app: App,
+    ids: tuple[int, ...],
+    since: datetime | None,
+    stage: str | None,
+    error: str | None,
+) -> list[queries.InboundRecord]:
+    async with app.sessions() as session:
+        if not ids:
+            return await queries.list_inbound(session, since=since, stage=stage, error=error)
+        records = []
+        for inbound_id in ids:
+            record = await queries.get_inbound(session, inbound_id)
+            if record is None:
+                fail(f"no failed message {inbound_id}")
+            records.append(record)
+        return records
+
+
+@failed.command("replay")
+@click.argument("ids", metavar="[ID]...", nargs=-1, type=click.IntRange(min=1))
+@click.option("--all", "replay_all", is_flag=True, help="Every failed message.")
+@click.option("--since", type=SINCE, help="Failed messages received since (2h, 3d, a date).")
+@click.option("--stage", help="Only failed messages that failed at this stage.")
+@click.option("--error", metavar="SUBSTRING", help="Only failed messages whose error has this.")
+@click.option("--dry-run", is_flag=True, help="Show what each would become; write nothing.")
+@pass_context
+@run_async
+async def failed_replay(
+    context: Context,
+    ids: tuple[int, ...],
+    replay_all: bool,
+    since: datetime | None,
+    stage: str | None,
+    error: str | None,
+    dry_run: bool,
+) -> None:
+    """Run failed messages through the pipeline again, from their stored bytes (no IMAP).
+
+    Each becomes a ticket, joins one, is rejected, or stays failed with its new error.
+    Messages that are no longer failed are skipped. A message that came from IMAP keeps
+    its copy in the quarantine folder; the ticket does not depend on it.
+
+    \b
+    Examples:
+      mailbridge failed replay 42 43
+      mailbridge failed replay --all --dry-run
+      mailbridge failed replay --since 1d --stage store
+
+    Exit 0 when every message replayed (or, with --dry-run, was predicted), 1 when any is
+    still failing, 75 when the database is away.
+    """
+    selecting = replay_all or since is not None or stage is not None or error is not None
+    if bool(ids) == selecting:
+        raise click.UsageError("give message IDs, or --all / --since / --stage / --error")
+    settings = context.settings
+    async with open_app(settings) as app:
+        targets = await _targets(app, ids, since, stage, error)
+        if not targets:
+            click.echo("no failed messages: nothing to do")
+            return
+        tally: Counter[str] = Counter()
+        with Progress(
+            console=console(stderr=True),
+            transient=True,
+            disable=len(targets) < _PROGRESS_FROM or not sys.stderr.isatty(),
+        ) as progress:
+            task = progress.add_task("replaying" if not dry_run else "checking", total=len(targets))
+            for record in targets:
+                line, kind = await _replay_one(app, record, dry_run)
+                tally[kind] += 1
+                click.echo(f"{record.id}: {line}")
+                progress.advance(task)
+    if dry_run:
+        click.echo(f"dry run: nothing written ({_summary(tally)})")
+    elif len(targets) > 1:
+        click.echo(f"replayed {len(targets)}: {_summary(tally)}")
+    if tally["still failing"] and not dry_run:
+        fail(f"{tally['still failing']} message(s) still failing", EXIT_ERROR)
+
+
+async def _replay_one(app: App, record: queries.InboundRecord, dry_run: bool) -> tuple[str, str]:
+    """One message's line and its kind for the summary."""
+    if record.state != "failed":
+        outcome = record.outcome or record.state
+        ticket = f" {record.ticket_number}" if record.ticket_number else ""
+        return f"{record.state} ({outcome}{ticket}), not failed: nothing to do", "skipped"
+    if dry_run:
+        async with app.sessions() as session:
+            full = await queries.get_inbound(session, record.id, raw=True)
+        line, failing = await _predict(app, full or record)
+        return line, "would still fail" if failing else "would replay"
+    try:
+        result = await app.processor.replay(record.id)
+    except (LookupError, ValueError) as error:  # replayed or discarded meanwhile
+        return f"{error}: nothing to do", "skipped"
+    line = describe_result(result)
+    if result.outcome is Outcome.QUARANTINED:
+        return line, "still failing"
+    if record.mailbox is not None:
+        folder = app.settings.imap.quarantine_folder
+        line += f" (its IMAP copy stays in {folder}; that is fine)"
+    return line, result.outcome.value
+
+
+_KINDS = {
+    Outcome.TICKET_CREATED.value: "made a ticket",
+    Outcome.FOLLOW_UP.value: "joined a ticket",
+    Outcome.REJECTED.value: "rejected",
+}
+
+
+def _summary(tally: Counter[str]) -> str:
+    return ", ".join(f"{count} {_KINDS.get(kind, kind)}" for kind, count in sorted(tally.items()))
+
+
+@failed.command("discard")
+@click.argument("ids", metavar="ID...", nargs=-1, required=True, type=click.IntRange(min=1))
+@click.option("--reason", required=True, help="Why (kept with the message for the audit trail).")
+@pass_context
+@run_async
+async def failed_discard(context: Context, ids: tuple[int, ...], reason: str) -> None:
+    """Give up on failed messages, with a reason; they are kept as an audit record.
+
+    Discarded messages leave `failed list`; `failed list --all-states` still shows them,
+    and `failed show` and `failed export` still work. All IDs must be failed, or none
+    is discarded.
+
+    \b
+    Examples:
+      mailbridge failed discard 42 --reason "spam, not a customer"
+      mailbridge failed discard 42 43 --reason "duplicate of MB-000120"
+    """
+    if not reason.strip():
+        raise click.BadParameter("must not be empty", param_hint="--reason")
+    async with open_app(context.settings) as app, app.sessions.begin() as session:
+        states = await queries.inbound_states(session, ids)
+        for inbound_id in ids:
+            state = states.get(inbound_id)
+            if state is None or state == "done":
+                fail(f"no failed message {inbound_id}")
+            if state != "failed":
+                fail(f"message {inbound_id} is already {state}; nothing discarded")
+        done = await queries.discard_inbound(session, ids, reason.strip())
+    for inbound_id in done:
+        click.echo(f"{inbound_id}: discarded ({reason.strip()})")
+
+
+@failed.command("export")
+@click.argument("ids", metavar="ID...", nargs=-1, required=True, type=click.IntRange(min=1))
+@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path, file_okay=False))
+@pass_context
+def failed_export(context: Context, ids: tuple[int, ...], directory: Path) -> None:
+    """Write `<ID>.eml` (the exact bytes received) and `<ID>.json` (what we know) into DIR.
+
+    DIR is created when missing. Useful for a bug report or to try the message elsewhere.
+
+    \b
+    Examples:
+      mailbridge failed export 42 /tmp/mail-42
+      mailbridge failed export 42 43 ./evidence && ls ./evidence
+    """
+    records = run_command(_load(context, ids))
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        fail(f"cannot create {directory}: {error.strerror or error}")
+    for record in records:
+        eml, meta = directory / f"{record.id}.eml", directory / f"{record.id}.json"
+        try:
+            eml.write_bytes(record.raw or b"")
+            text = json.dumps(record_json(record), ensure_ascii=False, indent=2)
+            meta.write_text(text + "\n", encoding="utf-8")
+        except OSError as error:
+            fail(f"cannot write {error.filename or directory}: {error.strerror or error}")
+        click.echo(f"{record.id}: wrote {eml} and {meta}")
+
+
+async def _load(context: Context, ids: tuple[int, ...]) -> list[queries.InboundRecord]:
+    async with open_app(context.settings) as app:
+        return [await _record(app, inbound_id, raw=True) for inbound_id in ids]
