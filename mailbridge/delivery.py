@@ -128,9 +128,12 @@ class OutboxWorker:
             current.attempts += 1
             current.state = state
             current.uncertain = uncertain
-            current.last_error = None if result.status is SendStatus.SENT else result.detail
-            if result.refused:
-                current.last_error = f"refused: {', '.join(result.refused)}"
+            if result.status is not SendStatus.SENT:
+                current.last_error = result.detail  # the server's own words, for the admin
+            elif result.refused:
+                current.last_error = f"delivered, but refused for: {', '.join(result.refused)}"
+            else:
+                current.last_error = None
             if state == "sent":
                 current.sent_at = now
             if next_at is not None:
