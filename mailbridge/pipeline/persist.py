@@ -146,6 +146,7 @@ class TicketWriter:
             references=parsed.references,
             company=self.settings.ack.company,
             hours_text_inputs=self.settings.hours,
+            omitted=parsed.omitted,
         )
         return render_ack(context, self.settings.ack, templates_dir=self.settings.ack.templates_dir)
 

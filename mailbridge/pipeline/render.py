@@ -35,7 +35,8 @@ from mailbridge.settings import AckSettings, HoursSettings
 
 WRAP_WIDTH: Final = 76
 TEMPLATE_NAMES: Final = (
-    "ack", "ack_after_hours", "ack_urgent", "ack_emergency", "ack_screenshot", "cc_rejected",
+    "ack", "ack_after_hours", "ack_urgent", "ack_emergency", "ack_screenshot", "ack_omitted",
+    "cc_rejected",
 )  # fmt: skip
 _DAY_CODES: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -124,6 +125,7 @@ class AckContext:
     company: str
     hours_text_inputs: HoursSettings
     message_key: str | None = None
+    omitted: tuple[str, ...] = ()  # attachments left out for size: the sender is told
 
 
 # --- templates ---------------------------------------------------------------------------
@@ -302,17 +304,19 @@ def render_ack(
         "timezone": hours.timezone,
         "next_opening": format_moment(ctx.next_opening, words, zone) if ctx.next_opening else "",
         "emergency_phone": phone,
+        "omitted": "; ".join(header_safe(item, 200) for item in ctx.omitted[:20]),
     }
     wanted = {
         "after_hours": ctx.next_opening is not None,
         "urgent": ctx.urgent and bool(phone),
         "emergency": not ctx.urgent and bool(phone),
         "screenshot": ctx.ask_for_screenshot,
+        "omitted_note": bool(ctx.omitted),
     }
     values.update(dict.fromkeys(wanted, ""))
     for block, shown in wanted.items():
         if shown:
-            name = f"ack_{block}"
+            name = f"ack_{block.removesuffix('_note')}"
             values[block] = _fill(name, *load_template(name, variant, templates_dir), values)
     body = _tidy(_fill("ack", variant, main, values))
     message_id = ack_message_id("ack", ctx.message_key or ctx.ticket_number, ack.message_id_domain)
@@ -389,7 +393,7 @@ def check_templates(templates_dir: Path | None = None) -> list[str]:
         ("ticket_number", "subject", "company", "requester_name", "requester_email",
          "support_address", "received_at", "days", "open", "close", "timezone",
          "next_opening", "emergency_phone", "after_hours", "urgent", "emergency",
-         "screenshot", "cc_list"),
+         "screenshot", "cc_list", "omitted", "omitted_note"),
         "x",
     )  # fmt: skip
     problems = []

@@ -38,13 +38,14 @@ def make_settings(
     policy: dict[str, Any] | None = None,
     imap: dict[str, Any] | None = None,
     ack: dict[str, Any] | None = None,
+    storage: dict[str, Any] | None = None,
 ) -> Settings:
     """Settings pointing at the test's own Dovecot user, SMTP sink and database."""
     return Settings(
         imap=mailbox.settings(idle_renew_seconds=5, poll_seconds=1, **(imap or {})),
         smtp=sink.settings(backoff_base_seconds=0.01, backoff_max_seconds=0.05, poll_seconds=0.2),
         database=DatabaseSettings(url=database_url),
-        storage=StorageSettings(data_dir=data_dir),
+        storage=StorageSettings(data_dir=data_dir, **(storage or {})),
         policy=PolicySettings(**(policy or {})),
         ack=AckSettings(from_address=mailbox.user, **(ack or {})),
     )

@@ -309,3 +309,25 @@ async def test_attachment_store_failure_quarantines_and_the_mailbox_moves_on(  #
     assert b"with image" in failed[0].raw
     assert len(mailbox.uids("Quarantine")) == 1
     assert len(mailbox.uids("Processed")) == 1
+
+
+async def test_too_large_attachment_is_left_out_and_the_sender_is_told(  # type: ignore[no-untyped-def]
+    settings_for, mailbox, smtp_sink
+):
+    settings = settings_for(storage={"max_attachment_bytes": 2000})
+    big = png(width=400, height=300)
+    assert len(big) > 2000
+    mailbox.append(
+        make_mail(to=mailbox.user, body="See the screenshot.", images=[("huge.png", big)])
+    )
+
+    await run_once(settings)
+
+    (ticket,) = (await read_db(settings)).tickets
+    (message,) = ticket.messages
+    assert message.attachments == []
+    assert len(message.omitted) == 1
+    assert "huge.png" in message.omitted[0]
+    assert "See the screenshot." in message.body_text
+    (ack,) = smtp_sink.messages
+    assert "huge.png" in ack.message.get_body(("plain",)).get_content()
