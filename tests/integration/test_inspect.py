@@ -1,4 +1,4 @@
-"""`mailbridge inspect`: every decision for one message, through the daemon's code, no side effect."""
+"""`mailbridge inspect`: every decision for one message, via the daemon's code, no side effect."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_inspect_json_decides_every_fixture_without_writing(
 
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert REQUIRED_KEYS <= report.keys()
+    assert report.keys() >= REQUIRED_KEYS
     assert report["decision"] in {"ticket_created", "follow_up", "rejected", "quarantined"}
     for address in report["from"] + report["to"] + report["cc"]:
         assert set(address) == {"name", "email"}
