@@ -7,7 +7,6 @@ import hashlib
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import structlog
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -150,12 +149,16 @@ class Processor:
         Raises TransientError when it should be tried again later unchanged.
         """
         key, message_id = dedupe_key(intake.data)
-        bound = log.bind(mailbox=intake.mailbox, uid=intake.uid, message_id=message_id)
-        existing = await self._existing(key)
-        if existing is not None:
-            bound.info("message_already_held", inbound_id=existing.inbound_id)
-            return existing
-        return await self._run(intake, key, message_id, bound)
+        # Context variables reach every log line made while this message is in hand, the
+        # libraries' stdlib records included (logs.configure merges them).
+        with structlog.contextvars.bound_contextvars(
+            mailbox=intake.mailbox, uid=intake.uid, message_id=message_id
+        ):
+            existing = await self._existing(key)
+            if existing is not None:
+                log.info("message_already_held", inbound_id=existing.inbound_id)
+                return existing
+            return await self._run(intake, key, message_id)
 
     async def replay(self, inbound_id: int) -> ProcessResult:
         """Run a failed message again from its stored bytes, updating its record in place."""
@@ -167,8 +170,10 @@ class Processor:
                 raise ValueError(f"inbound message {inbound_id} is {row.state}, not failed")
             intake = Intake(row.raw, "replay")
             key, message_id = row.dedupe_key, row.message_id
-        bound = log.bind(inbound_id=inbound_id, message_id=message_id, replay=True)
-        return await self._run(intake, key, message_id, bound, existing_id=inbound_id)
+        with structlog.contextvars.bound_contextvars(
+            inbound_id=inbound_id, message_id=message_id, replay=True
+        ):
+            return await self._run(intake, key, message_id, existing_id=inbound_id)
 
     async def preview(self, data: bytes) -> Plan:
         """What `process` would decide for these bytes, writing nothing (inspect, dry runs)."""
@@ -181,7 +186,6 @@ class Processor:
         intake: Intake,
         key: str,
         message_id: str | None,
-        bound: Any,
         *,
         existing_id: int | None = None,
     ) -> ProcessResult:
@@ -197,11 +201,11 @@ class Processor:
                 else:
                     inbound = await self._reopen(session, existing_id)
                 result = await self.writer.write(session, intake, inbound, plan)
-            bound.info(result.outcome.value, ticket=result.ticket_number, inbound_id=inbound.id)
+            log.info(result.outcome.value, ticket=result.ticket_number, inbound_id=inbound.id)
             return result
         except (TransientError, OperationalError, ConnectionError, TimeoutError) as error:
             first_line = (str(error).splitlines() or [type(error).__name__])[0]
-            bound.warning("message_deferred", stage=stage.name, error=first_line)
+            log.warning("message_deferred", stage=stage.name, error=first_line)
             raise TransientError(first_line) from error
         except IntegrityError as error:
             raced = await self._existing(key) if existing_id is None else None
@@ -265,9 +269,6 @@ class Processor:
         detail = clean(f"{error}", 4000) or type(error).__name__
         log.error(
             "message_quarantined",
-            mailbox=intake.mailbox,
-            uid=intake.uid,
-            message_id=message_id,
             stage=stage,
             error_class=type(error).__name__,
             error=detail.splitlines()[0] if detail else "",
