@@ -368,8 +368,13 @@ def _mail_options(connection: SMTP, mail: OutgoingMail) -> list[str]:
     return options
 
 
+# 530/535/538: the server wants (other) authentication. That is our configuration, not the
+# message: failing for good would fail every queued acknowledgement until an admin retries.
+_CONFIGURATION_CODES = frozenset({530, 535, 538})
+
+
 def _permanent(code: int) -> bool:
-    return 500 <= code <= 599
+    return 500 <= code <= 599 and code not in _CONFIGURATION_CODES
 
 
 def _describe(error: BaseException) -> str:

@@ -426,16 +426,17 @@ async def test_auth_with_a_wrong_password_is_retry_and_never_logs_it(
     assert sink.seen == []
 
 
-async def test_sink_refuses_mail_without_auth(
+async def test_missing_auth_is_retried_not_failed_for_good(
     smtp_sink_factory: SinkFactory, open_sender: Callable[[SmtpSettings], SmtpSender]
 ) -> None:
-    # Guards the AUTH tests above: an unauthenticated client really is refused.
+    # 530 means our settings lack credentials: every queued ack would fail for good if it
+    # counted as the message's fault. It also guards the AUTH tests above.
     sink = smtp_sink_factory(auth=True)
     sender = open_sender(sink.settings(user="", password=""))
 
     result = await sender.send(outgoing())
 
-    assert result.status == SendStatus.FAILED
+    assert result.status == SendStatus.RETRY
     assert "530" in result.detail
     assert sink.messages == []
 
