@@ -41,7 +41,8 @@ class CommandError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        # click 8.5 types `exit_code` as a class variable: keep ours on the instance apart.
+        self.status = exit_code
 
 
 def fail(message: str, exit_code: int = EXIT_ERROR) -> NoReturn:
@@ -66,7 +67,7 @@ class OneLineErrors(click.Group):
             sys.exit(EXIT_USAGE)
         except click.ClickException as error:
             click.echo(f"mailbridge: error: {_one_line(error.format_message())}", err=True)
-            sys.exit(error.exit_code)
+            sys.exit(error.status if isinstance(error, CommandError) else error.exit_code)
 
 
 def _one_line(text: str) -> str:

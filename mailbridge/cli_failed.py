@@ -165,9 +165,8 @@ async def failed_show(context: Context, inbound_id: int, raw: bool, as_json: boo
     async with open_app(context.settings) as app:
         record = await _record(app, inbound_id, raw=raw)
     if raw:
-        stdout = click.get_binary_stream("stdout")
-        stdout.write(record.raw or b"")
-        stdout.flush()
+        sys.stdout.buffer.write(record.raw or b"")
+        sys.stdout.buffer.flush()
         return
     if as_json:
         emit_json(record_json(record))
