@@ -9,7 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import wraps
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TextIO, TypeVar
 
 import click
 import structlog
@@ -23,7 +23,8 @@ from mailbridge.adapters.db.engine import (
     make_engine,
     upgrade,
 )
-from mailbridge.app import open_app
+from mailbridge.adapters.systemd import Notifier
+from mailbridge.app import open_app, upgrade_schema
 from mailbridge.errors import TransientError
 from mailbridge.settings import ConfigError, Settings, load_settings, redacted
 
@@ -80,6 +81,7 @@ class Context:
     def __init__(self, config: Path | None) -> None:
         self.config = config
         self._settings: Settings | None = None
+        self._log_file: TextIO | None = None
 
     @property
     def settings(self) -> Settings:
@@ -88,8 +90,22 @@ class Context:
                 self._settings = load_settings(self.config)
             except ConfigError as error:
                 fail(str(error), EXIT_USAGE)
-            logs.configure(self._settings.log.level, self._settings.log.format)
+            try:
+                self.open_log()
+            except OSError as error:
+                fail(f"log.file: {error}", EXIT_USAGE)
         return self._settings
+
+    def open_log(self) -> None:
+        """Log to stderr, or append to `log.file`; called again on SIGHUP (after logrotate)."""
+        settings = self.settings
+        stream: TextIO | None = None
+        if settings.log.file is not None:
+            stream = settings.log.file.open("a", encoding="utf-8", buffering=1)
+        logs.configure(settings.log.level, settings.log.format, stream)
+        old, self._log_file = self._log_file, stream
+        if old is not None:
+            old.close()
 
 
 pass_context = click.make_pass_decorator(Context)
@@ -104,6 +120,8 @@ def run_async(function: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., 
             return asyncio.run(function(*args, **kwargs))
         except SchemaError as error:
             fail(str(error))
+        except ConfigError as error:
+            fail(str(error), EXIT_USAGE)
         except TransientError as error:
             fail(f"temporary failure, try again later: {error}", EXIT_TEMPFAIL)
         except (
@@ -152,20 +170,36 @@ def main(ctx: click.Context, config: Path | None) -> None:
 @pass_context
 @run_async
 async def run(context: Context, once: bool) -> None:
-    """Run the daemon: IDLE on each folder, make tickets, send acknowledgements.
+    """Run the daemon: IDLE on each folder of each account, make tickets, send acknowledgements.
 
-    SIGTERM or SIGINT lets the message in hand finish, then stops cleanly.
+    SIGTERM or SIGINT lets the message in hand and the send in flight finish, then stops
+    (within daemon.shutdown_timeout_seconds). SIGHUP reopens the log file and reloads the
+    templates. Under systemd (Type=notify) it reports READY, STATUS and WATCHDOG.
     """
     settings = context.settings
+    if settings.database.upgrade_on_start:
+        await upgrade_schema(settings)
     async with open_app(settings) as app:
-        daemon = app.daemon()
         if once:
-            handled, pending = await daemon.run_once()
+            handled, pending = await app.daemon().run_once()
             click.echo(f"handled {handled} message(s); {pending} acknowledgement(s) still queued")
             return
+        daemon = app.daemon(notifier=Notifier.from_environ())
+
+        def reload() -> None:
+            context.open_log()
+            app.reload()
+
+        daemon.on_reload = reload
         daemon.install_signal_handlers()
-        log.info("daemon_started", version=__version__, folders=settings.imap.folders)
-        await daemon.run()
+        async with app.serving(daemon):
+            log.info(
+                "daemon_started",
+                version=__version__,
+                accounts=sorted(settings.imap_accounts),
+                folders=[worker.key for worker in daemon.workers],
+            )
+            await daemon.run()
 
 
 @main.group()
@@ -201,6 +235,14 @@ def config_check(context: Context) -> None:
     click.echo(json.dumps(redacted(context.settings), indent=2, default=str))
 
 
+@config_group.command("reference")
+def config_reference() -> None:
+    """Print every setting as a Markdown table: key, type, default, environment variable."""
+    from mailbridge.settings_doc import reference_markdown
+
+    click.echo(reference_markdown(), nl=False)
+
+
 def run_command(awaitable: Awaitable[T]) -> T:
     """For admin modules: run one coroutine the same way commands do."""
 
@@ -219,6 +261,7 @@ def _register_admin_commands() -> None:
         "mailbridge.cli_admin",
         "mailbridge.cli_failed",
         "mailbridge.cli_tickets",
+        "mailbridge.cli_ops",
     ):
         try:
             importlib.import_module(name)

@@ -1,25 +1,43 @@
-"""The daemon: one task per IMAP folder (IDLE or polling), the outbox sender, a graceful stop."""
+"""The daemon: one task per IMAP folder of every account (IDLE or polling), the outbox sender,
+liveness for the systemd watchdog and the health checks, signals, and a bounded graceful stop.
+
+Each loop shows that it makes progress by beating its `Liveness` (before every wait it says
+how long the wait may take); a loop that misses its deadline is *stuck*: the watchdog pings
+stop and /healthz says which loop. A mailbox that cannot log in is not stuck — it retries with
+backoff, and health and metrics show it failing — so it never holds up the other mailboxes.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from typing_extensions import override
 
 from mailbridge.adapters.db import store
+from mailbridge.adapters.db.models import Outbox
 from mailbridge.adapters.imap import FolderState, ImapClient, backoff_delay
-from mailbridge.delivery import OutboxWorker
+from mailbridge.adapters.oauth import TokenSource
+from mailbridge.adapters.systemd import Notifier, watchdog_interval
+from mailbridge.delivery import DrainReport, OutboxWorker
 from mailbridge.errors import TransientError
+from mailbridge.metrics import Metrics
 from mailbridge.pipeline.process import Processor
 from mailbridge.records import Intake, Outcome, ProcessResult
-from mailbridge.settings import ImapSettings
+from mailbridge.settings import DEFAULT_ACCOUNT, DaemonSettings, ImapSettings, SmtpSettings
 
 log = structlog.get_logger(__name__)
+
+SUPERVISE_TICK_SECONDS = 5.0
+CLOSE_BOUND_SECONDS = 5.0
 
 
 def folder_for(outcome: Outcome, imap: ImapSettings) -> str:
@@ -36,6 +54,35 @@ def mailbox_key(imap: ImapSettings, folder: str) -> str:
     return f"{imap.user}@{imap.host}/{folder}"
 
 
+class Liveness:
+    """A loop's promise to show progress: alive until its deadline, which each beat moves.
+
+    `beat(quiet_for)` says "the next beat may take `quiet_for` seconds" (an IDLE, a backoff
+    sleep); on top of that, any step may take `stall_seconds` before the loop counts as stuck.
+    """
+
+    def __init__(
+        self, name: str, stall_seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.name = name
+        self.stall_seconds = stall_seconds
+        self.clock = clock
+        self.last_beat = clock()
+        self.deadline = self.last_beat + stall_seconds
+
+    def beat(self, quiet_for: float = 0.0) -> None:
+        self.last_beat = self.clock()
+        self.deadline = self.last_beat + quiet_for + self.stall_seconds
+
+    @property
+    def alive(self) -> bool:
+        return self.clock() <= self.deadline
+
+    @property
+    def overdue_seconds(self) -> float:
+        return max(0.0, self.clock() - self.deadline)
+
+
 @dataclass
 class MailboxStatus:
     """What health checks and metrics read about one folder's worker."""
@@ -44,6 +91,7 @@ class MailboxStatus:
     last_poll: datetime | None = None
     last_error: str | None = None
     processed: dict[str, int] = field(default_factory=dict)
+    failures: int = 0  # connection attempts that failed since the last success
 
 
 class MailboxWorker:
@@ -56,55 +104,99 @@ class MailboxWorker:
         processor: Processor,
         *,
         on_committed: Callable[[], None] = lambda: None,
-        client_factory: Callable[[ImapSettings], ImapClient] = ImapClient,
+        client_factory: Callable[..., ImapClient] = ImapClient,
+        account: str = DEFAULT_ACCOUNT,
+        token_source: TokenSource | None = None,
+        metrics: Metrics | None = None,
+        stall_seconds: float = DaemonSettings().stall_seconds,
     ) -> None:
         self.imap = imap
         self.folder = folder
         self.processor = processor
         self.on_committed = on_committed
         self.client_factory = client_factory
+        self.account = account
+        self.token_source = token_source
+        self.metrics = metrics or Metrics()
         self.key = mailbox_key(imap, folder)
         self.status = MailboxStatus()
-        self.log = log.bind(mailbox=self.key)
+        self.liveness = Liveness(self.key, stall_seconds)
+        self.first_attempt = asyncio.Event()  # set once the first login has succeeded or failed
+        self.log = log.bind(mailbox=self.key, account=account)
+        self.metrics.add_mailbox(self.key)
+
+    @property
+    def max_poll_age(self) -> float:
+        """How old the last successful poll may be while this folder counts as healthy."""
+        return self.imap.wait_seconds + 4 * self.imap.timeout_seconds + self.liveness.stall_seconds
+
+    def _client(self) -> ImapClient:
+        if self.token_source is not None:
+            return self.client_factory(self.imap, token_source=self.token_source)
+        return self.client_factory(self.imap)
 
     async def run(self, stop: asyncio.Event, *, once: bool = False) -> None:
         attempt = 0
         while not stop.is_set():
-            client = self.client_factory(self.imap)
+            # Connecting is a few commands, each under the timeout (plus a token fetch).
+            self.liveness.beat(6 * self.imap.timeout_seconds + self.imap.oauth.timeout_seconds)
+            client = self._client()
             try:
                 await client.connect()
                 await client.ensure_folders(self._targets())
                 state = await client.select(self.folder)
                 self.status.connected, self.status.last_error = True, None
-                attempt = 0
+                self.status.failures = attempt = 0
+                self.first_attempt.set()
+                self.liveness.beat()
                 self.log.info(
                     "mailbox_connected", uidvalidity=state.uidvalidity, idle=client.has_idle
                 )
                 while not stop.is_set():
                     await self.drain(client, state, stop)
                     self.status.last_poll = datetime.now(UTC)
+                    self.liveness.beat()
                     if once:
                         return
                     await self._wait(client, stop)
-            except TransientError as error:
+                    self.liveness.beat()
+            except Exception as caught:
                 if once:
                     raise
-                attempt += 1
-                delay = backoff_delay(attempt, self.imap.backoff_max_seconds)
-                self.status.connected, self.status.last_error = False, str(error)
-                self.log.warning("mailbox_retry", error=str(error), delay_seconds=round(delay, 1))
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+                failed: Exception | None = caught
+            else:
+                failed = None
             finally:
                 self.status.connected = False
                 await client.close()
+            if failed is not None:
+                attempt += 1
+                await self._retry_later(failed, attempt, stop)
+
+    async def _retry_later(self, error: Exception, attempt: int, stop: asyncio.Event) -> None:
+        """Back off after a failed connection (or a bug), still beating: failing is not stuck."""
+        delay = backoff_delay(attempt, self.imap.backoff_max_seconds)
+        self.status.connected = False
+        self.status.last_error = str(error) or type(error).__name__
+        self.status.failures = attempt
+        self.metrics.connection_errors.labels(mailbox=self.key).inc()
+        self.first_attempt.set()
+        if isinstance(error, TransientError):
+            self.log.warning("mailbox_retry", error=str(error), delay_seconds=round(delay, 1))
+        else:
+            self.log.error("mailbox_worker_failed", delay_seconds=round(delay, 1), exc_info=error)
+        self.liveness.beat(delay)
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
 
     def _targets(self) -> list[str]:
         return [self.imap.processed_folder, self.imap.rejected_folder, self.imap.quarantine_folder]
 
     async def _wait(self, client: ImapClient, stop: asyncio.Event) -> None:
         seconds = self.imap.idle_renew_seconds if client.has_idle and self.imap.idle else None
-        news = asyncio.ensure_future(client.wait_for_news(seconds or self.imap.poll_seconds))
+        wait_for = seconds or self.imap.poll_seconds
+        self.liveness.beat(wait_for + 2 * self.imap.timeout_seconds)
+        news = asyncio.ensure_future(client.wait_for_news(wait_for))
         stopping = asyncio.ensure_future(stop.wait())
         done, _ = await asyncio.wait({news, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if news not in done:
@@ -117,9 +209,14 @@ class MailboxWorker:
         news.result()
 
     async def drain(self, client: ImapClient, state: FolderState, stop: asyncio.Event) -> int:
-        """Process every unsettled message, settling each batch only after its commits."""
+        """Process every unsettled message, settling each batch only after its commits.
+
+        A stop request lets the message in hand finish; what was committed is settled, the
+        rest stays in the folder for the next start.
+        """
         await self._note_uidvalidity(state)
         uids = await client.search_unsettled(self.imap.done_keyword)
+        self.liveness.beat()
         handled = 0
         for start in range(0, len(uids), self.imap.fetch_batch):
             if stop.is_set():
@@ -127,15 +224,23 @@ class MailboxWorker:
             batch = uids[start : start + self.imap.fetch_batch]
             settled = await self._known(state, batch)
             fresh = [uid for uid in batch if uid not in settled]
-            for raw in await client.fetch(fresh) if fresh else []:
+            fetched = await client.fetch(fresh) if fresh else []
+            self.metrics.fetched.labels(mailbox=self.key).inc(len(fetched))
+            self.liveness.beat()
+            for raw in fetched:
+                if stop.is_set():
+                    break
+                began = time.perf_counter()
                 result = await self.processor.process(
                     Intake(raw.data, "imap", self.key, raw.uidvalidity, raw.uid)
                 )
                 settled[raw.uid] = result.outcome
-                self._count(result)
+                self._count(result, time.perf_counter() - began)
+                self.liveness.beat()
             if settled:
                 self.on_committed()
                 await self._settle(client, settled)
+                self.liveness.beat()
             handled += len(settled)
         return handled
 
@@ -160,54 +265,238 @@ class MailboxWorker:
         for folder, uids in by_folder.items():
             await client.settle(uids, folder, self.imap.done_keyword)
 
-    def _count(self, result: ProcessResult) -> None:
+    def _count(self, result: ProcessResult, seconds: float) -> None:
         name = "duplicate" if result.duplicate else result.outcome.value
         self.status.processed[name] = self.status.processed.get(name, 0) + 1
+        self.metrics.message_processed(self.key, name, seconds)
+
+
+class ServiceOutbox(OutboxWorker):
+    """The outbox worker of a running daemon: counts results, and on stop finishes only the
+    send in flight (the rows not yet started stay pending for the next start)."""
+
+    def __init__(
+        self,
+        settings: SmtpSettings,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        metrics: Metrics | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(settings, sessions, **options)
+        self.metrics = metrics or Metrics()
+        self.halt = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.halt = stop
+        await super().run(stop)
+
+    @override
+    async def _due(self, include_not_due: bool, seen: set[int]) -> list[Outbox]:
+        if self.halt.is_set():
+            return []
+        return await super()._due(include_not_due, seen)
+
+    @override
+    async def _send_one(self, row: Outbox) -> DrainReport:
+        if self.halt.is_set():
+            return DrainReport()
+        report = await super()._send_one(row)
+        self.metrics.ack_result("sent", report.sent)
+        self.metrics.ack_result("retry", report.retried)
+        self.metrics.ack_result("failed", report.failed)
+        return report
+
+
+@dataclass(frozen=True, slots=True)
+class LoopState:
+    name: str
+    alive: bool
+    overdue_seconds: float
 
 
 class Daemon:
-    """All mailbox workers and the outbox worker of one process."""
+    """All mailbox workers and the outbox worker of one process, and their supervision."""
 
-    def __init__(self, workers: list[MailboxWorker], outbox: OutboxWorker) -> None:
+    def __init__(
+        self,
+        workers: list[MailboxWorker],
+        outbox: OutboxWorker,
+        *,
+        settings: DaemonSettings | None = None,
+        notifier: Notifier | None = None,
+        on_reload: Callable[[], None] | None = None,
+    ) -> None:
         self.workers = workers
         self.outbox = outbox
+        self.settings = settings or DaemonSettings()
+        self.notifier = notifier or Notifier(None)
+        self.on_reload = on_reload
         self.stop = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.stuck: frozenset[str] = frozenset()
         for worker in workers:
             worker.on_committed = outbox.kick.set
+
+    # --- signals -----------------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
 
     def _request_stop(self, sig: signal.Signals) -> None:
+        if self.stop.is_set():
+            log.info("stop_already_requested", signal=sig.name)
+            return
         log.info("stop_requested", signal=sig.name)
         self.stop.set()
 
+    def reload(self) -> None:
+        """SIGHUP: reopen the log file and reload the templates; the loops go on untouched."""
+        self.notifier.reloading()
+        try:
+            if self.on_reload is not None:
+                self.on_reload()
+            log.info("reloaded")
+        except Exception:
+            log.exception("reload_failed")
+        self.notifier.ready(self.status_line())
+
+    # --- state ------------------------------------------------------------------------------
+
+    def outbox_alive(self) -> LoopState:
+        since = (self.outbox.clock() - self.outbox.last_progress).total_seconds()
+        limit = self.outbox.settings.poll_seconds + self.settings.stall_seconds
+        return LoopState("outbox", since <= limit, max(0.0, since - limit))
+
+    def loops(self) -> list[LoopState]:
+        states = [
+            LoopState(w.key, w.liveness.alive, w.liveness.overdue_seconds) for w in self.workers
+        ]
+        states.append(self.outbox_alive())
+        return states
+
+    def status_line(self) -> str:
+        """One line for `systemctl status`: connections, handled mail, trouble."""
+        up = sum(1 for w in self.workers if w.status.connected)
+        handled = sum(sum(w.status.processed.values()) for w in self.workers)
+        parts = [f"{up}/{len(self.workers)} mailboxes connected", f"{handled} messages handled"]
+        failing = [w.key for w in self.workers if w.status.last_error and not w.status.connected]
+        if failing:
+            parts.append("failing: " + ", ".join(failing))
+        if self.stuck:
+            parts.append("STUCK: " + ", ".join(sorted(self.stuck)))
+        return "; ".join(parts)
+
+    # --- running ----------------------------------------------------------------------------
+
     async def run(self) -> None:
-        """Until stopped: each worker finishes the message in hand, then everything closes."""
+        """Until stopped: each worker finishes the message in hand, then everything closes,
+        within `shutdown_timeout_seconds` (what is still running then is cancelled)."""
         tasks = [asyncio.create_task(w.run(self.stop), name=w.key) for w in self.workers]
         tasks.append(asyncio.create_task(self.outbox.run(self.stop), name="outbox"))
+        helpers = [
+            asyncio.create_task(self._announce_ready(), name="ready"),
+            asyncio.create_task(self._supervise(), name="supervise"),
+        ]
+        stopping = asyncio.create_task(self.stop.wait())
+        failure: BaseException | None = None
         try:
-            await asyncio.gather(*tasks)
+            done, _ = await asyncio.wait({*tasks, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done - {stopping}:
+                # Workers only end when stopped; one that ended by itself is a bug: restart us.
+                failure = task.exception() or RuntimeError(f"{task.get_name()} ended by itself")
+                log.error("loop_ended", loop=task.get_name(), error=repr(failure))
+                self.stop.set()
+            self.notifier.stopping("stopping: finishing the message in hand")
+            await self._finish(tasks)
         finally:
-            for task in tasks:
+            for task in [*helpers, stopping, *tasks]:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await self.outbox.close()
+            await asyncio.gather(*helpers, stopping, *tasks, return_exceptions=True)
+            with suppress(Exception):
+                await asyncio.wait_for(self.outbox.close(), CLOSE_BOUND_SECONDS)
+            self.notifier.close()
             log.info("daemon_stopped")
+        if failure is not None:
+            raise failure
+
+    async def _finish(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Give the loops `shutdown_timeout_seconds` to finish what they hold, then cancel."""
+        bound = self.settings.shutdown_timeout_seconds
+        _done, pending = await asyncio.wait(tasks, timeout=bound)
+        if pending:
+            names = sorted(task.get_name() for task in pending)
+            log.warning("shutdown_timeout", seconds=bound, cancelled=names)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _announce_ready(self) -> None:
+        """READY=1 once every mailbox has tried its first login (a failed login still counts:
+        one broken account must not hold up the others, and health shows it)."""
+        waits = [asyncio.create_task(w.first_attempt.wait()) for w in self.workers]
+        try:
+            if waits:
+                await asyncio.wait(waits)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        if self.stop.is_set():
+            return
+        self.ready.set()
+        status = self.status_line()
+        self.notifier.ready(status)
+        log.info("daemon_ready", status=status)
+
+    async def _supervise(self) -> None:
+        """WATCHDOG=1 every half $WATCHDOG_USEC while every loop is alive; STATUS= updates."""
+        interval = watchdog_interval()
+        tick = min(interval, SUPERVISE_TICK_SECONDS) if interval else SUPERVISE_TICK_SECONDS
+        last_ping = float("-inf")
+        last_status = ""
+        while not self.stop.is_set():
+            stuck = frozenset(state.name for state in self.loops() if not state.alive)
+            if stuck != self.stuck:
+                if stuck:
+                    log.error("loops_stuck", loops=sorted(stuck), watchdog=interval is not None)
+                else:
+                    log.info("loops_recovered")
+                self.stuck = stuck
+            now = time.monotonic()
+            if interval and self.ready.is_set() and not stuck and now - last_ping >= interval:
+                self.notifier.watchdog()
+                last_ping = now
+            status = self.status_line()
+            if self.ready.is_set() and status != last_status:
+                self.notifier.status(status)
+                last_status = status
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), tick)
 
     async def run_once(self) -> tuple[int, int]:
         """Drain every folder and then the outbox (all pending rows), and return.
 
+        A folder whose server fails transiently does not keep the others from draining; the
+        first such error is raised after the outbox has been drained.
         Returns (messages handled, outbox rows still pending).
         """
+        trouble: TransientError | None = None
         for worker in self.workers:
-            await worker.run(self.stop, once=True)
+            try:
+                await worker.run(self.stop, once=True)
+            except TransientError as error:
+                worker.log.warning("mailbox_failed", error=str(error))
+                worker.status.last_error = str(error)
+                trouble = trouble or error
         try:
             report = await self.outbox.drain(include_not_due=True)
         finally:
             await self.outbox.close()
         handled = sum(sum(w.status.processed.values()) for w in self.workers)
         log.info("run_once_done", handled=handled, sent=report.sent, retried=report.retried)
+        if trouble is not None:
+            raise trouble
         return handled, report.retried

@@ -51,10 +51,66 @@ class SmtpSecurity(StrEnum):
     PLAIN = "plain"
 
 
+class OAuthProvider(StrEnum):
+    NONE = "none"
+    COMMAND = "command"
+    MICROSOFT = "microsoft"
+    GOOGLE = "google"
+
+
 class CcMode(StrEnum):
     REJECT = "reject"
     FLAG = "flag"
     ALLOW = "allow"
+
+
+class OAuthSettings(Group):
+    """Where an XOAUTH2 access token comes from, instead of a password (`provider = "none"`).
+
+    - `command`: runs `command` (an argv list, no shell) and reads the token from its standard
+      output: either the bare token (valid `token_lifetime_seconds`) or JSON
+      `{"access_token": "...", "expires_in": 3599}`.
+    - `microsoft`: Microsoft 365 client credentials (msal): `tenant_id`, `client_id`,
+      `client_secret`; the app needs the IMAP.AccessAsApp / SMTP.SendAsApp permission.
+    - `google`: a Google service account with domain-wide delegation (google-auth):
+      `service_account_file`, acting as `subject` (default: the account's user).
+
+    Tokens are cached, refreshed `refresh_margin_seconds` before they expire and once more
+    when the server refuses one. The msal and google-auth libraries come with the `oauth`
+    extra: `pip install 'mailbridge[oauth]'`.
+    """
+
+    provider: OAuthProvider = OAuthProvider.NONE
+    command: list[str] = Field(default_factory=list)
+    token_lifetime_seconds: float = Field(3300.0, gt=0)
+    tenant_id: str = ""
+    client_id: str = ""
+    client_secret: SecretStr = SecretStr("")
+    authority: str = "https://login.microsoftonline.com"
+    service_account_file: Path | None = None
+    subject: str = ""
+    scopes: list[str] = Field(default_factory=list)
+    refresh_margin_seconds: float = Field(300.0, ge=0)
+    timeout_seconds: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _provider_complete(self) -> OAuthSettings:
+        needed: dict[OAuthProvider, tuple[str, ...]] = {
+            OAuthProvider.COMMAND: ("command",),
+            OAuthProvider.MICROSOFT: ("tenant_id", "client_id", "client_secret"),
+            OAuthProvider.GOOGLE: ("service_account_file",),
+        }
+        for name in needed.get(self.provider, ()):
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if not value:
+                raise ValueError(f"provider {self.provider.value!r} needs {name}")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.provider is not OAuthProvider.NONE
 
 
 class ImapSettings(Group):
@@ -75,6 +131,12 @@ class ImapSettings(Group):
     poll_seconds: float = Field(30.0, gt=0)
     timeout_seconds: float = Field(30.0, gt=0)
     backoff_max_seconds: float = Field(300.0, gt=0)
+    oauth: OAuthSettings = Field(default_factory=OAuthSettings)
+
+    @property
+    def wait_seconds(self) -> float:
+        """The longest a healthy worker waits between two looks at its folder."""
+        return max(self.idle_renew_seconds if self.idle else 0.0, self.poll_seconds)
 
 
 class SmtpSettings(Group):
@@ -90,15 +152,23 @@ class SmtpSettings(Group):
     backoff_base_seconds: float = Field(30.0, gt=0)
     backoff_max_seconds: float = Field(3600.0, gt=0)
     poll_seconds: float = Field(5.0, gt=0)
+    oauth: OAuthSettings = Field(default_factory=OAuthSettings)
 
 
 class DatabaseSettings(Group):
     url: str = ""
     echo: bool = False
+    upgrade_on_start: bool = False
+
+
+def default_data_dir() -> Path:
+    """systemd's StateDirectory= ($STATE_DIRECTORY, the first when several) or ./data."""
+    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(state) if state else Path("data")
 
 
 class StorageSettings(Group):
-    data_dir: Path = Path("data")
+    data_dir: Path = Field(default_factory=default_data_dir)
     max_message_bytes: int = Field(25 * 1024 * 1024, ge=1024)
     max_attachment_bytes: int = Field(20 * 1024 * 1024, ge=1)
 
@@ -224,6 +294,22 @@ class ClassifySettings(Group):
 class LogSettings(Group):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
+    file: Path | None = None
+
+
+class DaemonSettings(Group):
+    shutdown_timeout_seconds: float = Field(30.0, gt=0)
+    stall_seconds: float = Field(180.0, gt=0)
+
+
+class HttpSettings(Group):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535)
+
+
+DEFAULT_ACCOUNT = "default"
+_ACCOUNT_NAME = re.compile(r"[a-z0-9_]{1,40}")
 
 
 class Settings(BaseSettings):
@@ -246,6 +332,29 @@ class Settings(BaseSettings):
     hours: HoursSettings = Field(default_factory=HoursSettings)
     classify: ClassifySettings = Field(default_factory=ClassifySettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    accounts: dict[str, ImapSettings] = Field(default_factory=dict)
+
+    @field_validator("accounts")
+    @classmethod
+    def _account_names(cls, value: dict[str, ImapSettings]) -> dict[str, ImapSettings]:
+        for name in value:
+            if not _ACCOUNT_NAME.fullmatch(name):
+                raise ValueError(f"account name {name!r}: use lowercase letters, digits and _")
+            if name == DEFAULT_ACCOUNT:
+                raise ValueError(f"account name {name!r} is taken by the [imap] account")
+        return value
+
+    @property
+    def imap_accounts(self) -> dict[str, ImapSettings]:
+        """Every mailbox account by name: `[imap]` as "default" (unless it has no user and
+        `[accounts.*]` are configured), then each `[accounts.NAME]`."""
+        found: dict[str, ImapSettings] = {}
+        if self.imap.user or not self.accounts:
+            found[DEFAULT_ACCOUNT] = self.imap
+        found.update(self.accounts)
+        return found
 
     @property
     def database_url(self) -> str:
@@ -259,8 +368,9 @@ class Settings(BaseSettings):
         """Addresses that are ours: never a third party in Cc, never acknowledged."""
         mine = {address.lower() for address in self.policy.own_addresses}
         mine.add(self.ack.from_address.lower())
-        if self.imap.user and "@" in self.imap.user:
-            mine.add(self.imap.user.lower())
+        for account in (self.imap, *self.accounts.values()):
+            if account.user and "@" in account.user:
+                mine.add(account.user.lower())
         return frozenset(mine)
 
     @classmethod
@@ -297,7 +407,8 @@ def _secret_dirs() -> list[Path]:
 
 
 class NestedSecretsSource(PydanticBaseSettingsSource):
-    """Secret files named like the variables: `imap__password` or `MAILBRIDGE_IMAP__PASSWORD`.
+    """Secret files named like the variables: `imap__password` or `MAILBRIDGE_IMAP__PASSWORD`,
+    and deeper: `imap__oauth__client_secret`, `accounts__office__password`.
 
     The built-in secrets source cannot fill nested groups, and systemd's LoadCredential= and
     Docker secrets both hand over one file per value.
@@ -318,12 +429,18 @@ class NestedSecretsSource(PydanticBaseSettingsSource):
                 if name.startswith(ENV_PREFIX.lower()):
                     name = name[len(ENV_PREFIX) :]
                 parts = name.split("__")
-                if len(parts) != 2 or parts[0] not in self.settings_cls.model_fields:
+                if len(parts) < 2 or not all(parts):
                     continue
-                if not path.is_file():
+                if parts[0] not in self.settings_cls.model_fields or not path.is_file():
                     continue
                 value = path.read_text(encoding="utf-8").strip()
-                found.setdefault(parts[0], {})[parts[1]] = value
+                group = found
+                for part in parts[:-1]:
+                    group = group.setdefault(part, {})
+                    if not isinstance(group, dict):
+                        break
+                else:
+                    group[parts[-1]] = value
         return found
 
 

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.servers.dovecot",
     "tests.servers.smtp",
     "tests.servers.databases",
+    "tests.servers.dovecot_oauth",
 ]

@@ -20,6 +20,7 @@ from mailbridge.adapters.imap_protocol import (
     encode_mailbox,
     uid_set,
 )
+from mailbridge.adapters.oauth import TokenSource
 from mailbridge.errors import TransientError
 from mailbridge.records import RawMail
 from mailbridge.settings import ImapSecurity, ImapSettings
@@ -107,8 +108,15 @@ def _folder_key(name: str) -> str:
 class ImapClient:
     """One IMAP connection for one mailbox. Any ImapError leaves it closed: `connect()` again."""
 
-    def __init__(self, settings: ImapSettings, *, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        settings: ImapSettings,
+        *,
+        timeout: float | None = None,
+        token_source: TokenSource | None = None,
+    ) -> None:
         self._settings = settings
+        self._token_source = token_source  # XOAUTH2 instead of LOGIN when given
         self._timeout = settings.timeout_seconds if timeout is None else timeout
         self._imap: Any = None
         self._selected: FolderState | None = None
@@ -142,9 +150,7 @@ class ImapClient:
         context = self._ssl_context()
         self._imap = Imap4(settings.host, settings.port, timeout=self._timeout, ssl_context=context)
         await self._run("connect", lambda imap: imap.wait_hello_from_server())
-        password = settings.password.get_secret_value()
-        user = aioimaplib.quoted(settings.user)
-        response = await self._run("login", lambda imap: imap.login(user, password))
+        response = await self._login()
         if response.result != "OK":
             text = _text(response)
             await self._drop()
@@ -163,6 +169,29 @@ class ImapClient:
             move=self.has_move,
             idle=self.has_idle,
         )
+
+    async def _login(self) -> Any:
+        """LOGIN with the password, or AUTHENTICATE XOAUTH2 with the account's token: once
+        with the cached token and, if the server refuses it, once more with a fresh one."""
+        settings = self._settings
+        source = self._token_source
+        if source is None:
+            password = settings.password.get_secret_value()
+            user = aioimaplib.quoted(settings.user)
+            return await self._run("login", lambda imap: imap.login(user, password))
+        response = None
+        for fresh in (False, True):
+            try:
+                token = await source.token(fresh=fresh)
+            except TransientError:
+                await self._drop()
+                raise
+            response = await self._run("authenticate", _call("xoauth2", settings.user, token))
+            if response.result == "OK" or "[UNAVAILABLE]" in _text(response):
+                break
+            if not fresh:
+                self._log.info("imap_token_refused", reply=_text(response))
+        return response
 
     async def close(self) -> None:
         """LOGOUT (under a short timeout) and close the connection; never raises."""

@@ -194,6 +194,15 @@ class IterativeProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
             )
         )
 
+    def _continuation(self, line: bytes) -> None:
+        command = self.pending_sync_command
+        if command is not None and command.name == "AUTHENTICATE":
+            # After an initial response (XOAUTH2), a challenge is the server's error report (a
+            # base64 JSON): answer it empty so the server ends the exchange with NO at once.
+            self.transport.write(CRLF)
+            return
+        super()._continuation(line)
+
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.fail_pending("connection lost")

@@ -14,6 +14,7 @@ from typing import Literal
 import structlog
 from aiosmtplib import (
     SMTP,
+    SMTPAuthenticationError,
     SMTPDataError,
     SMTPException,
     SMTPHeloError,
@@ -30,6 +31,7 @@ from aiosmtplib.protocol import SMTPProtocol, normalize_message_line_endings
 from aiosmtplib.typing import Default
 from structlog.typing import FilteringBoundLogger
 
+from mailbridge.adapters.oauth import OAuthError, TokenSource
 from mailbridge.records import OutgoingMail
 from mailbridge.settings import SmtpSecurity, SmtpSettings
 
@@ -132,8 +134,9 @@ class SmtpSender:
     file must not fail every queued mail for good.
     """
 
-    def __init__(self, settings: SmtpSettings) -> None:
+    def __init__(self, settings: SmtpSettings, *, token_source: TokenSource | None = None) -> None:
         self._settings = settings
+        self._token_source = token_source  # AUTH XOAUTH2 instead of the password when given
         self._connection: _Connection | None = None
         self._tls_context: ssl.SSLContext | None = None
         self._closing: list[SMTPProtocol] = []  # closed, but the socket may still be open
@@ -225,6 +228,7 @@ class SmtpSender:
             logger.error("smtp_tls_context_failed", error=str(error))
             raise _ConnectFailed(f"TLS set-up failed: {error}") from error
         self._closing[:] = [p for p in self._closing if p.transport is not None]
+        password_login = bool(settings.user) and self._token_source is None
         connection = _Connection(
             hostname=settings.host,
             port=settings.port,
@@ -233,8 +237,8 @@ class SmtpSender:
             use_tls=settings.security == SmtpSecurity.TLS,
             start_tls=settings.security == SmtpSecurity.STARTTLS,
             tls_context=tls_context,
-            username=settings.user or None,
-            password=settings.password.get_secret_value() if settings.user else None,
+            username=settings.user if password_login else None,
+            password=settings.password.get_secret_value() if password_login else None,
         )
         connection.closing = self._closing
         try:
@@ -244,7 +248,9 @@ class SmtpSender:
                     await connection.ehlo()
                 except SMTPHeloError:
                     await connection.helo()
-        except (SMTPException, OSError) as error:
+            if self._token_source is not None:
+                await self._authenticate(connection, self._token_source, logger)
+        except (SMTPException, OSError, OAuthError) as error:
             connection.close()
             detail = _describe(error)
             logger.warning("smtp_connect_failed", security=str(settings.security), detail=detail)
@@ -255,6 +261,20 @@ class SmtpSender:
         self._connection = connection
         logger.debug("smtp_connected", security=str(settings.security))
         return connection
+
+    async def _authenticate(
+        self, connection: _Connection, source: TokenSource, logger: FilteringBoundLogger
+    ) -> None:
+        """AUTH XOAUTH2 with the cached token and, if the server refuses it, a fresh one."""
+        for fresh in (False, True):
+            token = await source.token(fresh=fresh)
+            try:
+                await connection.auth_xoauth2(self._settings.user, token)
+                return
+            except SMTPAuthenticationError as error:
+                if fresh:
+                    raise
+                logger.info("smtp_token_refused", detail=f"{error.code} {error.message}")
 
     async def _context(self) -> ssl.SSLContext:
         if self._tls_context is None:

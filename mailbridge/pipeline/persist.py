@@ -55,7 +55,20 @@ class TicketWriter:
         if verdict.action is Action.REJECT:
             inbound.outcome = Outcome.REJECTED.value
             if not plan.answer_suppressions:
-                self._queue(session, self.render_cc_rejection(decision), None, inbound.id)
+                reply = self.render_cc_rejection(decision)
+                # Its Message-ID comes from theirs (or their content when they sent none): a
+                # copy that differs only in its routing headers was answered already.
+                if await store.outbox_has(session, reply.message_id):
+                    inbound.reasons = [
+                        *inbound.reasons,
+                        {
+                            "rule": "already_answered",
+                            "detail": reply.message_id,
+                            "kind": "no_answer",
+                        },
+                    ]
+                else:
+                    self._queue(session, reply, None, inbound.id)
             return ProcessResult(Outcome.REJECTED, inbound.id)
         await self._store_attachments(decision.parsed)
         if decision.thread.ticket_number is not None:

@@ -137,8 +137,10 @@ class Processor:
             ("rate_cap_hour", timedelta(hours=1), self.settings.ack.max_per_recipient_hour),
             ("rate_cap_day", timedelta(days=1), self.settings.ack.max_per_recipient_day),
         )
-        for rule, window, cap in caps:
-            sent = await store.outgoing_count_since(session, address.key, now - window)
+        counts = await store.outgoing_counts_since(
+            session, address.key, [now - window for _rule, window, _cap in caps]
+        )  # one query for both windows
+        for (rule, _window, cap), sent in zip(caps, counts, strict=True):
             if sent >= cap:
                 reasons.append(Reason(rule, f"{sent} automatic answers to {address.key} already"))
         return tuple(reasons)

@@ -14,11 +14,43 @@ from sqlalchemy import Connection, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-from mailbridge.errors import MailbridgeError
+from mailbridge.errors import MailbridgeError, TransientError
 
 
 class SchemaError(MailbridgeError):
     """The database schema is not the one this version of mailbridge needs."""
+
+
+class DatabaseUnavailable(TransientError):
+    """No connection to the database could be made (server down, restarting, full): retry."""
+
+
+def _unreachable_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [OSError, TimeoutError]
+    try:
+        from asyncpg import exceptions as pg  # type: ignore[import-untyped]
+    except ImportError:  # pragma: no cover - asyncpg is a dependency
+        return tuple(errors)
+    # "the database system is starting up / shutting down", "too many clients"
+    errors += [pg.CannotConnectNowError, pg.TooManyConnectionsError]
+    return tuple(errors)
+
+
+_UNREACHABLE = _unreachable_errors()
+
+
+def _connect_or_transient(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+    """Open a DBAPI connection; a server that cannot be reached is a TransientError.
+
+    asyncpg raises the socket's own OSError (ConnectionRefusedError, …), which SQLAlchemy
+    passes through unwrapped: without this, callers could not tell "the database is away"
+    from a bug, and the daemon logged a traceback on every retry.
+    """
+    try:
+        return dialect.connect(*cargs, **cparams)
+    except _UNREACHABLE as error:
+        detail = " ".join(str(error).split()) or type(error).__name__
+        raise DatabaseUnavailable(f"database unreachable: {detail}") from error
 
 
 def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
@@ -32,6 +64,7 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         options.pop("pool_pre_ping")
         options["connect_args"] = {"timeout": 30}
     engine = create_async_engine(url, **options)
+    event.listen(engine.sync_engine, "do_connect", _connect_or_transient)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine

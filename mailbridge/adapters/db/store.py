@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailbridge.adapters.db.models import (
@@ -152,6 +152,30 @@ async def outgoing_count_since(session: AsyncSession, rcpt: str, since: datetime
         )
     )
     return int(count or 0)
+
+
+async def outgoing_counts_since(
+    session: AsyncSession, rcpt: str, moments: Sequence[datetime]
+) -> list[int]:
+    """`outgoing_count_since` for several moments, in one query (the hour and the day caps)."""
+    if not moments:
+        return []
+    earliest = min(moments)
+    columns = [
+        func.coalesce(func.sum(case((Outbox.created_at >= m, 1), else_=0)), 0) for m in moments
+    ]
+    row = (
+        await session.execute(
+            select(*columns).where(Outbox.rcpt_to == rcpt.lower(), Outbox.created_at >= earliest)
+        )
+    ).one()
+    return [int(value or 0) for value in row]
+
+
+async def outbox_has(session: AsyncSession, message_id: str) -> bool:
+    """Whether a mail with this Message-ID was already queued (sent or not)."""
+    found = await session.scalar(select(Outbox.id).where(Outbox.message_id == message_id))
+    return found is not None
 
 
 async def ticket_has_ack(session: AsyncSession, ticket_id: int) -> bool:
