@@ -17,7 +17,8 @@ from mailbridge.adapters.http import HttpServer
 from mailbridge.adapters.oauth import OAuthUnavailable, TokenSource, token_source
 from mailbridge.adapters.smtp import SmtpSender
 from mailbridge.adapters.systemd import Notifier
-from mailbridge.daemon import Daemon, MailboxWorker, ServiceOutbox
+from mailbridge.daemon import Daemon, ServiceOutbox
+from mailbridge.mailbox_worker import MailboxWorker
 from mailbridge.metrics import Metrics
 from mailbridge.pipeline import render
 from mailbridge.pipeline.process import Processor

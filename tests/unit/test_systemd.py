@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mailbridge.adapters.systemd import Notifier, notify_address, watchdog_interval
-from mailbridge.daemon import Liveness
+from mailbridge.mailbox_worker import Liveness
 
 UNIT = Path(__file__).parents[2] / "config" / "mailbridge.service"
 
