@@ -8,14 +8,12 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import click
 import pytest
 from click.testing import CliRunner, Result
-from pydantic import SecretStr
 from sqlalchemy import func, select, update
 
 from mailbridge.adapters.db.models import Customer, Outbox
@@ -23,7 +21,7 @@ from mailbridge.app import open_app
 from mailbridge.cli import main
 from mailbridge.cli_admin import SINCE
 from mailbridge.settings import DatabaseSettings, Settings, StorageSettings
-from tests.integration.harness import DbState, make_mail, read_db
+from tests.integration.harness import DbState, make_mail, read_db, write_config
 from tests.integration.test_end_to_end import png
 from tests.servers.dovecot import Mailbox
 from tests.servers.smtp import SmtpSink
@@ -32,29 +30,6 @@ pytestmark = pytest.mark.integration
 
 SUPPORT = "support@example.test"
 UNREACHABLE_DB = "postgresql+asyncpg://postgres@127.0.0.1:1/x"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, SecretStr):
-        value = value.get_secret_value()
-    if isinstance(value, Enum):
-        value = value.value
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-
-
-def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
-    lines = []
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 @dataclass

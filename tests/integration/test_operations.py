@@ -20,13 +20,11 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from pydantic import SecretStr
 from sqlalchemy import select
 
 from mailbridge.adapters.db.models import Outbox
@@ -45,7 +43,7 @@ from mailbridge.settings import (
     Settings,
     StorageSettings,
 )
-from tests.integration.harness import make_mail, read_db
+from tests.integration.harness import make_mail, read_db, write_config
 from tests.servers.dovecot import DovecotServer, Mailbox
 from tests.servers.smtp import SmtpSink
 
@@ -55,29 +53,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, SecretStr):
-        value = value.get_secret_value()
-    if isinstance(value, Enum):
-        value = value.value
-    return json.dumps(str(value))
-
-
-def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
-    lines = []
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml(v)}" for k, v in values.items() if v is not None]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def free_port() -> int:
