@@ -11,6 +11,7 @@ from mailbridge.app import open_app
 from mailbridge.cli import Context, fail, main, pass_context, run_async
 from mailbridge.cli_admin import SINCE, emit_json, first_line, iso, print_table, when
 from mailbridge.records import TicketType
+from mailbridge.report import attachment_json
 
 _EXCERPT = 400
 
@@ -111,17 +112,7 @@ def _detail_json(detail: ticket_queries.TicketDetail) -> dict[str, object]:
                 "subject": m.subject,
                 "created_at": iso(m.created_at),
                 "display_text": m.display_text,
-                "attachments": [
-                    {
-                        "filename": a.filename,
-                        "content_type": a.content_type,
-                        "size": a.size,
-                        "sha256": a.sha256,
-                        "inline": a.inline,
-                        "content_id": a.content_id,
-                    }
-                    for a in m.attachments
-                ],
+                "attachments": [attachment_json(a) for a in m.attachments],
                 "defects": m.defects,
                 "omitted": m.omitted,
             }

@@ -2,9 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from mailbridge.records import Action, Address, Outcome, ParsedMail, Plan, ProcessResult
+
+
+class AttachmentLike(Protocol):
+    """A parsed attachment or a stored attachment row: both describe themselves alike."""
+
+    @property
+    def filename(self) -> str: ...
+    @property
+    def content_type(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def inline(self) -> bool: ...
+    @property
+    def content_id(self) -> str | None: ...
+
+
+def attachment_json(attachment: AttachmentLike) -> dict[str, Any]:
+    """An attachment as JSON, the same for a parsed part and a stored row."""
+    return {
+        "filename": attachment.filename,
+        "content_type": attachment.content_type,
+        "size": attachment.size,
+        "sha256": attachment.sha256,
+        "inline": attachment.inline,
+        "content_id": attachment.content_id,
+    }
 
 
 def _addresses(addresses: tuple[Address, ...]) -> list[dict[str, str]]:
@@ -30,17 +59,7 @@ def describe_parsed(parsed: ParsedMail) -> dict[str, Any]:
         "message_id": parsed.message_id,
         "date": parsed.date.isoformat() if parsed.date else None,
         "body_text": parsed.body_text,
-        "attachments": [
-            {
-                "filename": a.filename,
-                "content_type": a.content_type,
-                "size": a.size,
-                "sha256": a.sha256,
-                "inline": a.inline,
-                "content_id": a.content_id,
-            }
-            for a in parsed.attachments
-        ],
+        "attachments": [attachment_json(a) for a in parsed.attachments],
         "omitted": list(parsed.omitted),
         "defects": list(parsed.defects),
     }
