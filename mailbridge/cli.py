@@ -16,6 +16,7 @@ import structlog
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from mailbridge import __version__, logs
+from mailbridge.adapters.allocator import return_large_blocks
 from mailbridge.adapters.db.engine import (
     SchemaError,
     current_revision,
@@ -176,6 +177,7 @@ async def run(context: Context, once: bool) -> None:
     (within daemon.shutdown_timeout_seconds). SIGHUP reopens the log file and reloads the
     templates. Under systemd (Type=notify) it reports READY, STATUS and WATCHDOG.
     """
+    return_large_blocks()
     settings = context.settings
     if settings.database.upgrade_on_start:
         await upgrade_schema(settings)

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailbridge.adapters.db.models import Outbox
 from mailbridge.adapters.smtp import SendResult, SendStatus, SmtpSender, retry_delay
+from mailbridge.errors import TransientError
 from mailbridge.records import OutgoingMail
 from mailbridge.settings import SmtpSettings
 
@@ -155,6 +156,8 @@ class OutboxWorker:
             self.kick.clear()
             try:
                 await self.drain()
+            except TransientError as error:
+                log.warning("outbox_drain_deferred", error=str(error))
             except Exception:
                 log.exception("outbox_drain_failed")
             self.last_progress = self.clock()

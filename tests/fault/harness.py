@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mailbridge.settings import Settings, load_settings
-from tests.integration.harness import make_mail, read_db
+from tests.integration.harness import make_mail, read_db, write_config
 from tests.servers.dovecot import Mailbox
 from tests.servers.smtp import SmtpSink
 
@@ -51,26 +51,6 @@ def norm(message_id: str | None) -> str:
 
 
 # --- configuration -----------------------------------------------------------------------------
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-
-
-def write_config(path: Path, groups: dict[str, dict[str, Any]]) -> Path:
-    lines: list[str] = []
-    for group, values in groups.items():
-        lines.append(f"[{group}]")
-        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
-        lines.append("")
-    path.write_text("\n".join(lines))
-    return path
 
 
 @dataclass

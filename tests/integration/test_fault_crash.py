@@ -86,7 +86,7 @@ async def test_sigkill_at_random_boundaries_under_load(rig: Rig) -> None:
     """Many kills, at random boundaries and during SMTP DATA, while mail keeps arriving."""
     seed = int(os.environ.get("MAILBRIDGE_FAULT_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
-    count, chance, max_runs = (60, 0.04, 300) if LONG else (10, 0.12, 60)
+    count, chance, max_runs = (120, 0.06, 400) if LONG else (10, 0.12, 60)
     mails = mixed_mail(rig.mailbox, count, tag="rnd-", png=SCREENSHOT)
     waves = [mails[: count // 2], mails[count // 2 :]]
     rig.mailbox.append_many([mail.data for mail in waves.pop(0)])
@@ -95,6 +95,8 @@ async def test_sigkill_at_random_boundaries_under_load(rig: Rig) -> None:
         runs += 1
         assert runs <= max_runs, f"seed {seed}: not done after {max_runs} runs"
         crash = {"MB_CRASH_RANDOM": f"{rng.randrange(1 << 30)}:{chance}"}
+        if runs == 1:  # at least one kill, whatever the dice say
+            crash["MB_CRASH_AT"] = f"{rng.choice(['fetched', 'flushed', 'committed', 'moved'])}:1"
         daemon = rig.start(crash=crash, once=True)
         if rng.random() < 0.3:
             rig.sink.kill_on_data(daemon.pid, rng.randint(1, 3))
@@ -110,5 +112,6 @@ async def test_sigkill_at_random_boundaries_under_load(rig: Rig) -> None:
             break
 
     counts = await check_invariants(rig, mails)
+    print(f"seed {seed}: {kills} kills in {runs} runs, {len(mails)} messages")  # with -s
     assert kills >= 1, f"seed {seed}: the run was never killed"
     assert counts["acks"] == len(mails)

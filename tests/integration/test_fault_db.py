@@ -114,6 +114,7 @@ async def test_postgresql_stopped_and_started_under_the_running_daemon(
 
     assert code == 0, daemon.tail()
     assert daemon.saw("message_quarantined") == 0
+    assert daemon.saw("mailbox_worker_failed") == 0  # "database away" is transient, not a bug
     counts = await check_invariants(rig, before + during)
     assert counts["acks"] == len(before + during)
     state = await read_db(rig.settings())
