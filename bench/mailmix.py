@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import base64
 import random
-import struct
-import zlib
 from dataclasses import dataclass
+
+from tests.fixtures.make_fixtures import encode_png
 
 TEXTS = [
     ("ro", "Bună ziua,\n\nnu pot să mă conectez la aplicație de ieri. Vă rog să verificați.\n"),
@@ -43,18 +43,7 @@ def png(rng: random.Random, size: int) -> bytes:
     width = 256
     height = max(1, size // (width * 3))
     rows = b"".join(b"\x00" + rng.randbytes(width * 3) for _ in range(height))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows, 1))
-        + chunk(b"IEND", b"")
-    )
+    return encode_png(width, height, rows, level=1)
 
 
 def _b64(data: bytes) -> bytes:

@@ -26,10 +26,19 @@ from mailbridge.settings import (
     Settings,
     StorageSettings,
 )
+from tests.fixtures.make_fixtures import encode_png
 from tests.servers.dovecot import Mailbox
 from tests.servers.smtp import SmtpSink
 
 CUSTOMER = "Ana Popescu <ana@customer.test>"
+
+
+def png(width: int = 64, height: int = 48, seed: int = 7) -> bytes:
+    """A real, valid PNG (the kind of screenshot customers attach)."""
+    rows = b"".join(
+        b"\x00" + bytes((x * seed + y) % 256 for x in range(width * 3)) for y in range(height)
+    )
+    return encode_png(width, height, rows)
 
 
 def toml_value(value: Any) -> str:

@@ -21,8 +21,7 @@ from mailbridge.app import open_app
 from mailbridge.cli import main
 from mailbridge.cli_admin import SINCE
 from mailbridge.settings import DatabaseSettings, Settings, StorageSettings
-from tests.integration.harness import DbState, make_mail, read_db, write_config
-from tests.integration.test_end_to_end import png
+from tests.integration.harness import DbState, make_mail, png, read_db, write_config
 from tests.servers.dovecot import Mailbox
 from tests.servers.smtp import SmtpSink
 

@@ -3,38 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
 
 from mailbridge.adapters.blobs import BlobStore
 from mailbridge.adapters.imap import ImapClient
-from tests.integration.harness import make_mail, make_settings, read_db, run_once
+from tests.integration.harness import make_mail, make_settings, png, read_db, run_once
 from tests.servers.dovecot import Mailbox
 from tests.servers.smtp import SmtpSink
 
 pytestmark = pytest.mark.integration
-
-
-def png(width: int = 64, height: int = 48, seed: int = 7) -> bytes:
-    """A real, valid PNG (the kind of screenshot customers attach)."""
-    rows = b"".join(
-        b"\x00" + bytes((x * seed + y) % 256 for x in range(width * 3)) for y in range(height)
-    )
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
-    )
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from tests.fault.harness import (
     check_moved_means_committed,
     mixed_mail,
 )
-from tests.integration.test_end_to_end import png
+from tests.integration.harness import png
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600 if LONG else 240)]
 

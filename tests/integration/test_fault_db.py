@@ -35,7 +35,7 @@ from tests.fault.harness import (
 )
 from tests.fault.pgcluster import ClusterUnavailable, PgCluster
 from tests.fault.sink import KillingSink
-from tests.integration.test_end_to_end import png
+from tests.integration.harness import png
 from tests.servers.databases import missing
 from tests.servers.dovecot import Mailbox
 

@@ -11,7 +11,7 @@ import pytest
 from tests.fault import fixtures
 from tests.fault.harness import LONG, Injected, Rig, check_invariants, mixed_mail, wait_until
 from tests.fault.proxy import FaultProxy
-from tests.integration.test_end_to_end import png
+from tests.integration.harness import png
 from tests.servers.dovecot import DovecotServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600 if LONG else 180)]
