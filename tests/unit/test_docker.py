@@ -109,6 +109,7 @@ def test_dockerfile_and_compose_name_only_real_settings() -> None:
 
 def test_compose_file_is_valid_yaml_with_a_database_and_a_volume() -> None:
     import yaml  # in the test extra: a skip here would hide a broken compose file
+
     data = yaml.safe_load(COMPOSE.read_text())
     service = data["services"]["mailbridge"]
     assert service["depends_on"]["db"]["condition"] == "service_healthy"
