@@ -50,6 +50,7 @@ from aiosmtpd.controller import Controller  # noqa: E402
 from bench import helpdesk  # noqa: E402
 from bench.mailmix import Mail, mix  # noqa: E402
 from tests.integration.harness import write_config  # noqa: E402
+from tests.servers.databases import pg_admin  # noqa: E402
 from tests.servers.dovecot import MAIL_UID, DovecotServer  # noqa: E402
 
 PG_ADMIN = os.environ.get("MAILBRIDGE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -114,28 +115,18 @@ def deliver(server: DovecotServer, user: str, mails: list[Mail]) -> None:
         raise RuntimeError(f"Dovecot shows {found} of {len(mails)} delivered messages")
 
 
-async def _pg(statement: str) -> None:
-    import asyncpg
-
-    connection = await asyncpg.connect(PG_ADMIN, timeout=10)
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
 @contextlib.contextmanager
 def database(kind: str, workdir: Path) -> Any:
     if kind == "sqlite":
         yield f"sqlite+aiosqlite:///{workdir / 'mailbridge.db'}"
         return
     name = f"mbbench_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
+    asyncio.run(pg_admin(f'CREATE DATABASE "{name}"', PG_ADMIN))
     base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
     try:
         yield f"{base}/{name}"
     finally:
-        asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', PG_ADMIN))
 
 
 # --- the daemon ----------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from mailbridge.settings import (
     Settings,
     StorageSettings,
 )
+from tests.fixtures.mutations import KINDS, mutate
 from tests.unit.test_parse_properties import CHARSETS, FIXTURES, entity
 
 pytestmark = pytest.mark.integration
@@ -172,21 +173,10 @@ def generated_tree(draw: st.DrawFn) -> bytes:
 def mutated_fixture(draw: st.DrawFn) -> bytes:
     data = bytearray(draw(st.sampled_from(FIXTURES)).read_bytes())
     for _ in range(draw(st.integers(1, 8))):
-        kind = draw(st.sampled_from(["flip", "cut", "insert", "delete", "dup", "crlf"]))
+        kind = draw(st.sampled_from(KINDS))
         pos = draw(st.integers(0, max(len(data) - 1, 0)))
         noise = draw(st.binary(min_size=1, max_size=16))
-        if kind == "flip" and data:
-            data[pos] ^= noise[0] or 0xFF
-        elif kind == "cut":
-            del data[pos:]
-        elif kind == "insert":
-            data[pos:pos] = noise
-        elif kind == "delete":
-            del data[pos : pos + len(noise)]
-        elif kind == "dup":
-            data[pos:pos] = data[pos : pos + 4096]
-        else:
-            data = bytearray(data.replace(b"\r\n", b"\n") if noise[0] % 2 else data)
+        data = mutate(data, kind, pos, noise)
     return bytes(data)
 
 

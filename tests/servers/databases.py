@@ -28,10 +28,11 @@ def missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-async def _pg_admin(statement: str) -> None:
+async def pg_admin(statement: str, url: str = PG_ADMIN_URL) -> None:
+    """One statement as the PostgreSQL admin, outside a transaction (CREATE DATABASE needs that)."""
     import asyncpg
 
-    connection = await asyncpg.connect(PG_ADMIN_URL, timeout=10)
+    connection = await asyncpg.connect(url, timeout=10)
     try:
         await connection.execute(statement)
     finally:
@@ -42,7 +43,7 @@ async def _pg_admin(statement: str) -> None:
 def postgres_available() -> str | None:
     """None when PostgreSQL answers, else why not."""
     try:
-        asyncio.run(_pg_admin("SELECT 1"))
+        asyncio.run(pg_admin("SELECT 1"))
     except Exception as error:
         return f"PostgreSQL at {PG_ADMIN_URL} unreachable: {error}"
     return None
@@ -54,12 +55,12 @@ def pg_database(postgres_available: str | None) -> Iterator[str]:
     if postgres_available:
         missing(postgres_available)
     name = f"mbtest_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    asyncio.run(pg_admin(f'CREATE DATABASE "{name}"'))
     base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
     try:
         yield f"{base}/{name}"
     finally:
-        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

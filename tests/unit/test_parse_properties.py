@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from mailbridge.pipeline.parse import parse_message, parse_with_stdlib
 from mailbridge.records import ParsedMail
 from tests.fixtures.make_fixtures import CRLF
+from tests.fixtures.mutations import mutate
 
 # Bounded: 200 examples per property, no per-example deadline (a 30-deep tree can take 50 ms).
 BOUNDED = settings(
@@ -186,15 +187,7 @@ def test_size_limit_moves_big_attachments_to_omitted(tree: Built) -> None:
 def test_mutated_fixtures_never_raise(path: Path, edits: list[tuple[str, float, bytes]]) -> None:
     data = bytearray(path.read_bytes())
     for kind, where, noise in edits:
-        pos = int(where * max(len(data) - 1, 0))
-        if kind == "flip" and data:
-            data[pos] ^= noise[0] or 0xFF
-        elif kind == "cut":
-            del data[pos:]
-        elif kind == "insert":
-            data[pos:pos] = noise
-        elif kind == "delete":
-            del data[pos : pos + len(noise)]
+        data = mutate(data, kind, int(where * max(len(data) - 1, 0)), noise)
     parsed = parse_message(bytes(data))
     assert parsed.size == len(data)
     assert isinstance(parsed.body_text, str)
