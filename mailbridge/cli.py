@@ -265,11 +265,7 @@ def _register_admin_commands() -> None:
         "mailbridge.cli_tickets",
         "mailbridge.cli_ops",
     ):
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as error:
-            if error.name != name:
-                raise
+        importlib.import_module(name)  # a missing one is a packaging bug: let it fail loudly
 
 
 _register_admin_commands()
