@@ -170,6 +170,8 @@ class Daemon:
         try:
             done, _ = await asyncio.wait({*tasks, stopping}, return_when=asyncio.FIRST_COMPLETED)
             for task in done - {stopping}:
+                if task.exception() is None and self.stop.is_set():
+                    continue  # stopped: the loop saw the stop before our own waiter woke
                 # Workers only end when stopped; one that ended by itself is a bug: restart us.
                 failure = task.exception() or RuntimeError(f"{task.get_name()} ended by itself")
                 log.error("loop_ended", loop=task.get_name(), error=repr(failure))
