@@ -21,6 +21,7 @@ from mailbridge.adapters.imap import FolderState, ImapClient, backoff_delay
 from mailbridge.adapters.oauth import TokenSource
 from mailbridge.errors import TransientError
 from mailbridge.metrics import Metrics
+from mailbridge.pipeline.batch import process_batch
 from mailbridge.pipeline.process import Processor
 from mailbridge.records import Intake, Outcome, ProcessResult
 from mailbridge.settings import DEFAULT_ACCOUNT, DaemonSettings, ImapSettings
@@ -215,16 +216,13 @@ class MailboxWorker:
             fetched = await client.fetch(fresh) if fresh else []
             self.metrics.fetched.labels(mailbox=self.key).inc(len(fetched))
             self.liveness.beat()
-            for raw in fetched:
-                if stop.is_set():
-                    break
-                began = time.perf_counter()
-                result = await self.processor.process(
-                    Intake(raw.data, "imap", self.key, raw.uidvalidity, raw.uid)
-                )
-                settled[raw.uid] = result.outcome
-                self._count(result, time.perf_counter() - began)
-                self.liveness.beat()
+            intakes = [Intake(r.data, "imap", self.key, r.uidvalidity, r.uid) for r in fetched]
+            for item in await process_batch(
+                self.processor, intakes, stop=stop, beat=self.liveness.beat
+            ):
+                assert item.intake.uid is not None
+                settled[item.intake.uid] = item.result.outcome
+                self._count(item.result, item.seconds)
             if settled:
                 self.on_committed()
                 await self._settle(client, settled)

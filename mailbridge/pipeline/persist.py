@@ -20,7 +20,6 @@ from mailbridge.pipeline.thread import format_number
 from mailbridge.records import (
     Action,
     Decision,
-    Intake,
     Outcome,
     OutgoingMail,
     ParsedMail,
@@ -41,8 +40,9 @@ class TicketWriter:
         self.clock = clock
 
     async def write(
-        self, session: AsyncSession, intake: Intake, inbound: InboundMessage, plan: Plan
+        self, session: AsyncSession, inbound: InboundMessage, plan: Plan
     ) -> ProcessResult:
+        """The rows for one message; the caller advances the mailbox checkpoint and commits."""
         decision = plan.decision
         verdict = decision.verdict
         inbound.reasons = [{"rule": r.rule, "detail": r.detail} for r in verdict.reasons]
@@ -50,8 +50,6 @@ class TicketWriter:
             {"rule": r.rule, "detail": r.detail, "kind": "no_answer"}
             for r in plan.answer_suppressions
         ]
-        if intake.mailbox is not None and intake.uidvalidity is not None and intake.uid:
-            await store.advance_checkpoint(session, intake.mailbox, intake.uidvalidity, intake.uid)
         if verdict.action is Action.REJECT:
             inbound.outcome = Outcome.REJECTED.value
             if not plan.answer_suppressions:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailbridge.adapters.blobs import BlobStore
 from mailbridge.adapters.db import store
-from mailbridge.adapters.db.models import InboundMessage, Ticket, utcnow
+from mailbridge.adapters.db.models import InboundMessage, utcnow
 from mailbridge.adapters.db.store import clean
 from mailbridge.errors import PermanentError, TransientError
 from mailbridge.pipeline.classify import classify
@@ -61,6 +61,37 @@ def dedupe_key(data: bytes) -> tuple[str, str | None]:
         if 2 < len(text) <= 500:
             return f"mid:{text}", text
     return f"sha256:{hashlib.sha256(data).hexdigest()}", None
+
+
+async def held_results(session: AsyncSession, keys: Sequence[str]) -> dict[str, ProcessResult]:
+    """What messages already held under these dedupe keys became (marked as duplicates)."""
+    found = await store.held_by_keys(session, keys)
+    return {
+        key: ProcessResult(
+            Outcome(outcome) if outcome else Outcome.QUARANTINED,
+            inbound_id,
+            number,
+            error,
+            stage,
+            duplicate=True,
+        )
+        for key, (inbound_id, outcome, number, error, stage) in found.items()
+    }
+
+
+async def advance_checkpoint(session: AsyncSession, intakes: Iterable[Intake]) -> None:
+    """Move each IMAP folder's checkpoint to the highest UID among these messages."""
+    highest: dict[tuple[str, int], int] = {}
+    for intake in intakes:
+        if intake.mailbox is not None and intake.uidvalidity is not None and intake.uid:
+            where = (intake.mailbox, intake.uidvalidity)
+            highest[where] = max(highest.get(where, 0), intake.uid)
+    for (mailbox, uidvalidity), uid in highest.items():
+        await store.advance_checkpoint(session, mailbox, uidvalidity, uid)
+
+
+def log_result(result: ProcessResult) -> None:
+    log.info(result.outcome.value, ticket=result.ticket_number, inbound_id=result.inbound_id)
 
 
 class Processor:
@@ -195,15 +226,9 @@ class Processor:
         try:
             parsed = await self.parse(intake.data)
             async with self.sessions.begin() as session:
-                plan = await self.plan(session, parsed, stage)
-                if existing_id is None:
-                    inbound = self._inbound_row(intake, key, parsed.message_id, state="done")
-                    session.add(inbound)
-                    await session.flush()
-                else:
-                    inbound = await self._reopen(session, existing_id)
-                result = await self.writer.write(session, intake, inbound, plan)
-            log.info(result.outcome.value, ticket=result.ticket_number, inbound_id=inbound.id)
+                result = await self.write_one(session, intake, key, parsed, stage, existing_id)
+                await advance_checkpoint(session, [intake])
+            log_result(result)
             return result
         except (TransientError, OperationalError, ConnectionError, TimeoutError) as error:
             first_line = (str(error).splitlines() or [type(error).__name__])[0]
@@ -222,6 +247,25 @@ class Processor:
             failed_stage = error.stage if isinstance(error, PermanentError) else stage.name
             return await self._quarantine(intake, key, message_id, failed_stage, error)
 
+    async def write_one(
+        self,
+        session: AsyncSession,
+        intake: Intake,
+        key: str,
+        parsed: ParsedMail,
+        stage: StageTracker,
+        existing_id: int | None = None,
+    ) -> ProcessResult:
+        """Plan and write one parsed message in the caller's transaction; errors propagate."""
+        plan = await self.plan(session, parsed, stage)
+        if existing_id is None:
+            inbound = self._inbound_row(intake, key, parsed.message_id, state="done")
+            session.add(inbound)
+            await session.flush()
+        else:
+            inbound = await self._reopen(session, existing_id)
+        return await self.writer.write(session, inbound, plan)
+
     async def _reopen(self, session: AsyncSession, inbound_id: int) -> InboundMessage:
         row = await session.get(InboundMessage, inbound_id, with_for_update=True)
         if row is None or row.state != "failed":
@@ -232,15 +276,7 @@ class Processor:
 
     async def _existing(self, key: str) -> ProcessResult | None:
         async with self.sessions() as session:
-            row = await store.inbound_by_key(session, key)
-            if row is None:
-                return None
-            number = None
-            if row.ticket_id is not None:
-                ticket = await session.get(Ticket, row.ticket_id)
-                number = ticket.number if ticket else None
-            outcome = Outcome(row.outcome) if row.outcome else Outcome.QUARANTINED
-            return ProcessResult(outcome, row.id, number, row.error, row.stage, duplicate=True)
+            return (await held_results(session, [key])).get(key)
 
     def _inbound_row(
         self, intake: Intake, key: str, message_id: str | None, *, state: str
@@ -287,10 +323,7 @@ class Processor:
                 row.state, row.outcome, row.stage = "failed", Outcome.QUARANTINED.value, stage
                 row.error_class, row.error = type(error).__name__, detail
                 row.updated_at = utcnow()
-                if intake.mailbox is not None and intake.uidvalidity is not None and intake.uid:
-                    await store.advance_checkpoint(
-                        session, intake.mailbox, intake.uidvalidity, intake.uid
-                    )
+                await advance_checkpoint(session, [intake])
                 await session.flush()
                 return ProcessResult(Outcome.QUARANTINED, row.id, None, detail, stage)
         except (OperationalError, DBAPIError, OSError) as db_error:

@@ -18,7 +18,8 @@ Boundaries:
 - ``fetched``: `ImapClient.fetch` returned the batch's bytes (nothing recorded yet);
 - ``flushed``: the inbound row, ticket, message and outbox rows are flushed to the database
   inside the open transaction, not committed;
-- ``committed``: `Processor.process` returned (the transaction committed), IMAP not settled;
+- ``committed``: a fetched batch's transaction committed (or a single message's, through
+  `Processor.process`), IMAP not settled;
 - ``moved``: `ImapClient.settle` returned (the UID MOVE is done on the server);
 - ``sent``: the SMTP server accepted an acknowledgement, the outbox row is not yet marked
   (the one window where at-least-once delivery can repeat an ack; not armed by default).
@@ -89,12 +90,16 @@ def install() -> None:
     from mailbridge.adapters import blobs
     from mailbridge.adapters.imap import ImapClient
     from mailbridge.adapters.smtp import SendStatus, SmtpSender
+    from mailbridge.pipeline import batch
     from mailbridge.pipeline.persist import TicketWriter
     from mailbridge.pipeline.process import Processor
 
     ImapClient.fetch = _after("fetched", ImapClient.fetch)  # type: ignore[method-assign]
     ImapClient.settle = _after("moved", ImapClient.settle)  # type: ignore[method-assign]
+    # A commit: each batch's (the daemon's path) and each single message's (ingest, and a
+    # batch that failed and is run again one message at a time).
     Processor.process = _after("committed", Processor.process)  # type: ignore[method-assign]
+    batch._in_one_transaction = _after("committed", batch._in_one_transaction)
 
     write = TicketWriter.write
 

@@ -37,7 +37,7 @@ KILLED = -signal.SIGKILL
 
 @pytest.mark.parametrize(
     ("stage", "nth"),
-    [("fetched", 1), ("fetched", 2), ("flushed", 2), ("committed", 1), ("committed", 3),
+    [("fetched", 1), ("fetched", 2), ("flushed", 2), ("committed", 1), ("committed", 2),
      ("moved", 1), ("moved", 2)],
 )  # fmt: skip
 async def test_sigkill_at_a_stage_boundary_loses_and_doubles_nothing(

@@ -34,7 +34,7 @@ from mailbridge.app import open_app, upgrade_schema
 from mailbridge.cli import main
 from mailbridge.daemon import ServiceOutbox
 from mailbridge.health import outbox_stats
-from mailbridge.records import Intake, OutgoingMail, ProcessResult
+from mailbridge.records import OutgoingMail, ParsedMail
 from mailbridge.settings import (
     AckSettings,
     DaemonSettings,
@@ -418,11 +418,11 @@ async def test_a_stuck_loop_stops_watchdog_pings_and_fails_healthz(
     async with open_app(settings) as app:
         never = asyncio.Event()
 
-        async def hang(intake: Intake) -> ProcessResult:
+        async def hang(data: bytes) -> ParsedMail:
             await never.wait()  # a database lock that never comes, a parser in a loop...
             raise AssertionError("unreachable")
 
-        monkeypatch.setattr(app.processor, "process", hang)
+        monkeypatch.setattr(app.processor, "parse", hang)
         daemon = app.daemon(notifier=Notifier.from_environ())
         key = daemon.workers[0].key
         async with app.serving(daemon) as server:
@@ -470,18 +470,18 @@ async def test_sigterm_finishes_the_message_in_hand_and_leaves_the_rest(
         make_mail(to=mailbox.user, sender=f"c{n} <c{n}@customer.test>") for n in range(3)
     )
     async with open_app(settings) as app:
-        original = app.processor.process
+        original = app.processor.parse
         calls = 0
 
-        async def slow(intake: Intake) -> ProcessResult:
+        async def slow(data: bytes) -> ParsedMail:
             nonlocal calls
             calls += 1
             if calls == 1:
                 os.kill(os.getpid(), signal.SIGTERM)  # arrives while this message is in hand
                 await asyncio.sleep(0.3)
-            return await original(intake)
+            return await original(data)
 
-        monkeypatch.setattr(app.processor, "process", slow)
+        monkeypatch.setattr(app.processor, "parse", slow)
         daemon = app.daemon()
         daemon.install_signal_handlers()
         await asyncio.wait_for(daemon.run(), 30)

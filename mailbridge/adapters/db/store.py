@@ -41,6 +41,30 @@ async def inbound_by_key(session: AsyncSession, dedupe_key: str) -> InboundMessa
     )
 
 
+async def held_by_keys(
+    session: AsyncSession, dedupe_keys: Sequence[str]
+) -> dict[str, tuple[int, str | None, str | None, str | None, str | None]]:
+    """Messages held under these keys: (inbound id, outcome, ticket number, error, stage)."""
+    if not dedupe_keys:
+        return {}
+    rows = await session.execute(
+        select(
+            InboundMessage.dedupe_key,
+            InboundMessage.id,
+            InboundMessage.outcome,
+            Ticket.number,
+            InboundMessage.error,
+            InboundMessage.stage,
+        )
+        .outerjoin(Ticket, Ticket.id == InboundMessage.ticket_id)
+        .where(InboundMessage.dedupe_key.in_(list(set(dedupe_keys))))
+    )
+    return {
+        key: (inbound_id, outcome, number, error, stage)
+        for key, inbound_id, outcome, number, error, stage in rows
+    }
+
+
 async def outcomes_at(
     session: AsyncSession, mailbox: str, uidvalidity: int, uids: Sequence[int]
 ) -> dict[int, str]:
