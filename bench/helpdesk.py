@@ -96,10 +96,15 @@ class HelpdeskRun:
     seconds: float
     peak_rss_mb: float
     acks_seen: int
+    cpu_seconds: float  # user + system of get_email, start-up included
 
     @property
     def rate(self) -> float:
         return self.tickets / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_ms_per_message(self) -> float:
+        return 1000 * self.cpu_seconds / self.tickets if self.tickets else 0.0
 
 
 def ensure_venv(venv: Path = DEFAULT_VENV) -> Path:
@@ -154,4 +159,6 @@ def drain(
     with sqlite3.connect(workdir / "benchsite" / "db.sqlite3") as db:
         tickets = db.execute("SELECT count(*) FROM helpdesk_ticket").fetchone()[0]
     time.sleep(0.5)  # its SMTP sends are synchronous; let the sink's thread record the last
-    return HelpdeskRun(messages, tickets, seconds, usage.ru_maxrss / 1024, count() - before)  # type: ignore[operator]
+    cpu = usage.ru_utime + usage.ru_stime
+    acks = count() - before  # type: ignore[operator]
+    return HelpdeskRun(messages, tickets, seconds, usage.ru_maxrss / 1024, acks, cpu)

@@ -158,6 +158,11 @@ class Daemon:
         found = re.search(r"VmHWM:\s+(\d+) kB", status)
         return int(found.group(1)) / 1024 if found else float("nan")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the daemon has used so far (all its threads)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -226,7 +231,12 @@ class Drain:
     seconds: float
     peak_rss_mb: float
     largest_mb: float
+    cpu_seconds: float  # the daemon's user + system CPU from its connection to the last ack
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cpu_ms_per_message(self) -> float:
+        return 1000 * self.cpu_seconds / self.messages
 
     @property
     def rate(self) -> float:
@@ -246,7 +256,10 @@ def drain(server: DovecotServer, sink: Sink, kind: str, count: int, root: Path, 
     with database(kind, workdir) as url:
         daemon = start_daemon(server, user, sink, url, workdir)
         try:
+            wait_for(lambda: daemon.first_time("mailbox_connected"), 60, "a connection", daemon)
+            cpu_at_start = daemon.cpu_seconds()  # after start-up: the drain's own CPU below
             wait_for(lambda: sink.answered(ids) == len(ids), 60 + count, "every ack", daemon)
+            cpu = daemon.cpu_seconds() - cpu_at_start
             began = daemon.first_time("mailbox_connected")
             assert began is not None
             seconds = sink.last(ids) - began
@@ -255,7 +268,7 @@ def drain(server: DovecotServer, sink: Sink, kind: str, count: int, root: Path, 
             daemon.stop()
     size = sum(len(mail.data) for mail in mails) / 1e6
     largest = max(len(mail.data) for mail in mails) / 1e6
-    return Drain(f"{kind}", count, size, seconds, rss, largest)
+    return Drain(f"{kind}", count, size, seconds, rss, largest, cpu)
 
 
 def idle_latency(server: DovecotServer, sink: Sink, root: Path, samples: int) -> list[float]:
@@ -400,9 +413,11 @@ def main() -> None:
             figures[f"drain_{kind}"] = result.__dict__ | {
                 "rate": result.rate,
                 "mb_rate": result.mb_rate,
+                "cpu_ms_per_message": result.cpu_ms_per_message,
             }
             print(f"drain {kind:10} {result.messages} msgs {result.megabytes:.0f} MB in "
                   f"{result.seconds:.1f}s: {result.rate:.0f} msg/s, {result.mb_rate:.1f} MB/s, "
+                  f"daemon CPU {result.cpu_ms_per_message:.1f} ms/msg, "
                   f"peak RSS {result.peak_rss_mb:.0f} MB", flush=True)  # fmt: skip
         if args.latency_samples:
             notify = dovecot_notify_delay(server, min(20, args.latency_samples))
@@ -427,9 +442,13 @@ def main() -> None:
                   flush=True)  # fmt: skip
         if args.helpdesk:
             run = run_helpdesk(server, sink, args.helpdesk, root, args.seed)
-            figures["helpdesk"] = run.__dict__ | {"rate": run.rate}
+            figures["helpdesk"] = run.__dict__ | {
+                "rate": run.rate,
+                "cpu_ms_per_message": run.cpu_ms_per_message,
+            }
             print(f"django-helpdesk {helpdesk.VERSION} get_email: {run.tickets}/{run.messages} "
                   f"tickets in {run.seconds:.1f}s = {run.rate:.1f} msg/s, {run.acks_seen} acks, "
+                  f"CPU {run.cpu_ms_per_message:.1f} ms/msg (start-up included), "
                   f"peak RSS {run.peak_rss_mb:.0f} MB", flush=True)  # fmt: skip
             ours = [v["rate"] for k, v in figures.items() if k.startswith("drain_")]
             if ours and run.rate:

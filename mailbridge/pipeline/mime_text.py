@@ -66,6 +66,7 @@ _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\n]*?)\?=")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _BREAKS = re.compile(r"[\t\r\n]")
+_NOT_B64 = re.compile(rb"[^A-Za-z0-9+/]+")  # padding too: it is counted again after the filter
 
 
 def codec_name(label: str | None) -> str | None:
@@ -155,21 +156,19 @@ def html_charset(data: bytes) -> str | None:
     return match.group(1).decode("ascii") if match else None
 
 
-def decode_b64(data: bytes) -> tuple[bytes, bool]:
+def decode_b64(data: bytes | memoryview) -> tuple[bytes, bool]:
     """Lenient base64: junk characters ignored, padding repaired; True when repair was needed."""
+    # Non-strict binascii skips line breaks itself: joining lines first would copy the body.
     try:
         return binascii.a2b_base64(data, strict_mode=False), False
     except binascii.Error:
-        body = bytes(c for c in data if c in _B64_ALPHABET)
+        body = _NOT_B64.sub(b"", data)
         body = body[: len(body) - len(body) % 4] if len(body) % 4 == 1 else body
         body += b"=" * (-len(body) % 4)
         try:
             return binascii.a2b_base64(body), True
         except binascii.Error:
             return b"", True
-
-
-_B64_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
 
 
 def unfold(value: str) -> str:

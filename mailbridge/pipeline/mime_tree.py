@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from email import policy
 from email.message import Message
 from email.parser import BytesHeaderParser
-from itertools import pairwise
+from itertools import islice, pairwise
 
 from mailbridge.pipeline.mime_text import decode_b64
 
@@ -18,14 +18,19 @@ _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _LINE_END = re.compile(rb"\r?\n")
 _TRAILER = re.compile(rb"(--)?[ \t]*(?:\r?\n|\Z)")
 _UU_BEGIN = re.compile(rb"^begin(?:-base64)? [0-7]{3,4} ", re.M)
+_NEWLINES = re.compile(rb"[\r\n]*")
+_LINE = re.compile(rb"([^\r\n]*)(?:\r\n|\r|\n)?")  # the line breaks bytes.splitlines knows
+_EMPTY = memoryview(b"")
 
 
 @dataclass(slots=True)
 class Node:
-    """One MIME entity: its headers (compat32, no payload), raw body bytes, and children."""
+    """One MIME entity: its headers (compat32, no payload), raw body, and children."""
 
     headers: Message
-    body: bytes
+    # A view into the message bytes: splitting copies no body, `decode_transfer` copies a leaf's
+    # once (a 10 MB attachment would otherwise exist once per nesting level while splitting).
+    body: memoryview
     section: str
     children: list[Node] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
@@ -52,20 +57,31 @@ def _headers(head: bytes) -> tuple[Message, bytes]:
 
 def split_message(data: bytes, section: str = "", depth: int = 0) -> Node:
     """Split one entity into headers and body, and a multipart body into its parts."""
+    return _split(data, 0, len(data), section, depth)
+
+
+def _split(data: bytes, start: int, end: int, section: str, depth: int) -> Node:
+    """`split_message` of data[start:end], by offsets: only header blocks are copied."""
+    end = max(start, end)
     match = None
-    if data.startswith((b"\r\n", b"\n")):
-        head, body = b"", data[2 if data.startswith(b"\r\n") else 1 :]
+    if data.startswith(b"\r\n", start, end):
+        head_end, body_start = start, start + 2
+    elif data.startswith(b"\n", start, end):
+        head_end, body_start = start, start + 1
     else:
-        match = _HEADER_END.search(data)
-        head, body = (data, b"") if match is None else (data[: match.start()], data[match.end() :])
-    msg, leftover = _headers(head)
+        match = _HEADER_END.search(data, start, end)
+        head_end, body_start = (end, end) if match is None else match.span()
+    msg, leftover = _headers(data[start:head_end])
     multipart = msg.get_content_maintype() == "multipart"
-    node = Node(msg, body, section or ("0" if multipart else "1"))
+    node = Node(msg, memoryview(data)[body_start:end], section or ("0" if multipart else "1"))
     if leftover:
         node.defects.append(f"missing_header_separator: part={node.section}")
-        node.body = leftover + (data[match.start() :] if match else b"")
+        # A rare repair: the body becomes new bytes, and any split below runs over those.
+        data = leftover + (data[match.start() : end] if match else b"")
+        body_start, end = 0, len(data)
+        node.body = memoryview(data)
     if multipart:
-        _split_multipart(node, depth)
+        _split_multipart(node, data, body_start, end, depth)
     return node
 
 
@@ -82,67 +98,73 @@ def _boundaries(node: Node) -> list[str]:
     return [b for b in dict.fromkeys(found) if b]
 
 
-def _guess_boundary(body: bytes) -> str | None:
+def _guess_boundary(data: bytes, start: int, end: int) -> str | None:
     """The delimiter of a multipart whose Content-Type lost (or garbled) its boundary."""
-    for line in body.lstrip(b"\r\n").splitlines()[:50]:
+    # Line by line over offsets, as `body.lstrip(b"\r\n").splitlines()[:50]` without copying
+    # the body; the empty match at the end stands for no line and never starts with `--`.
+    first = _NEWLINES.match(data, start, end)
+    lines = _LINE.finditer(data, first.end() if first else start, end)
+    for line_match in islice(lines, 50):
+        line = line_match.group(1)
         if line.startswith(b"--") and len(line.strip()) > 2:
             candidate = line[2:].strip()
-            if body.count(b"--" + candidate) >= 2:
+            if data.count(b"--" + candidate, start, end) >= 2:
                 return candidate.decode("ascii", "surrogateescape")
             return None
     return None
 
 
-def _delimiters(body: bytes, boundary: str) -> list[tuple[int, int, bool]]:
-    """(line start, content start, closing) of each delimiter line, up to the closing one."""
+def _delimiters(data: bytes, start: int, end: int, boundary: str) -> list[tuple[int, int, bool]]:
+    """(line start, content start, closing) of each delimiter line in data[start:end], up to
+    the closing one; offsets are into `data`."""
     delimiter = b"--" + boundary.encode("utf-8", "surrogateescape")
     starts: list[tuple[int, int, bool]] = []
-    pos = body.find(delimiter)
+    pos = data.find(delimiter, start, end)
     while pos != -1:
-        if pos == 0 or body[pos - 1] == 0x0A:
-            trailer = _TRAILER.match(body, pos + len(delimiter))
+        if pos == start or data[pos - 1] == 0x0A:
+            trailer = _TRAILER.match(data, pos + len(delimiter), end)
             if trailer is not None:
-                line_start = pos - 1 if pos and body[pos - 1] == 0x0A else pos
-                if line_start and body[line_start - 1] == 0x0D:
+                line_start = pos - 1 if pos > start and data[pos - 1] == 0x0A else pos
+                if line_start > start and data[line_start - 1] == 0x0D:
                     line_start -= 1
                 closing = trailer.group(1) is not None
                 starts.append((line_start, trailer.end(), closing))
                 if closing:
                     break
-        pos = body.find(delimiter, pos + len(delimiter))
+        pos = data.find(delimiter, pos + len(delimiter), end)
     return starts
 
 
-def _split_multipart(node: Node, depth: int) -> None:
+def _split_multipart(node: Node, data: bytes, start: int, end: int, depth: int) -> None:
+    """Split the multipart body data[start:end] into `node.children`."""
     where = f"part={node.section}"
     if depth >= MAX_DEPTH:
         node.defects.append(f"nesting_too_deep: {where}")
         return
-    body = node.body
     boundaries = _boundaries(node)
     starts: list[tuple[int, int, bool]] = []
     for boundary in boundaries:
-        starts = _delimiters(body, boundary)
+        starts = _delimiters(data, start, end, boundary)
         if starts:
             break
     if not starts:
-        guessed = _guess_boundary(body)
-        starts = _delimiters(body, guessed) if guessed else []
+        guessed = _guess_boundary(data, start, end)
+        starts = _delimiters(data, start, end, guessed) if guessed else []
         problem = "boundary_not_found" if boundaries else "multipart_without_boundary"
         node.defects.append(f"{problem}: {where}" + (" (guessed)" if starts else ""))
         if not starts:
             return
     if not starts[-1][2]:
         node.defects.append(f"missing_end_boundary: {where}")
-        starts.append((len(body), len(body), True))
+        starts.append((end, end, True))
     is_digest = node.headers.get_content_subtype() == "digest"
-    for index, ((_, begin, _closing), (end, _, _)) in enumerate(pairwise(starts), start=1):
+    for index, ((_, begin, _closing), (stop, _, _)) in enumerate(pairwise(starts), start=1):
         section = f"{node.section}.{index}" if depth else str(index)
-        child = split_message(body[begin:end], section, depth + 1)
+        child = _split(data, begin, stop, section, depth + 1)
         if is_digest and "content-type" not in child.headers:
             child.headers.set_default_type("message/rfc822")
         node.children.append(child)
-    node.body = b""
+    node.body = _EMPTY
 
 
 def from_stdlib(data: bytes) -> Node:
@@ -153,18 +175,18 @@ def from_stdlib(data: bytes) -> Node:
 
 def _convert(msg: Message, section: str, top: bool = False) -> Node:
     payload = getattr(msg, "_payload", None)  # get_payload() would re-decode 8-bit text
-    node = Node(msg, b"", section)
+    node = Node(msg, _EMPTY, section)
     for defect in msg.defects:
         node.defects.append(f"{type(defect).__name__}: part={section}")
     if isinstance(payload, list):
         if msg.get_content_maintype() == "message":
-            node.body = b"\n".join(m.as_bytes(policy=policy.compat32) for m in payload)
+            node.body = memoryview(b"\n".join(m.as_bytes(policy=policy.compat32) for m in payload))
             return node
         for index, child in enumerate(payload, start=1):
             child_section = str(index) if top else f"{section}.{index}"
             node.children.append(_convert(child, child_section))
     elif isinstance(payload, str):
-        node.body = payload.encode("ascii", "surrogateescape")
+        node.body = memoryview(payload.encode("ascii", "surrogateescape"))
     return node
 
 
@@ -173,16 +195,18 @@ def decode_transfer(node: Node) -> tuple[bytes, list[str]]:
     cte = str(node.headers.get("content-transfer-encoding", "")).strip().lower()
     where = f"part={node.section}"
     body = node.body
+    # binascii reads the view in place (no copy of the encoded body, line breaks included);
+    # the other encodings copy the leaf's bytes here, once.
     if cte == "base64":
         data, repaired = decode_b64(body)
         return data, [f"bad_base64: {where}"] if repaired else []
     if cte == "quoted-printable":
         return binascii.a2b_qp(body), []
     if cte in ("x-uuencode", "uuencode", "x-uue", "uue"):
-        return decode_uu_block(body)[0], []
+        return decode_uu_block(body.tobytes())[0], []
     if cte not in ("", "7bit", "8bit", "binary"):
-        return body, [f"unknown_transfer_encoding: {cte[:40]} {where}"]
-    return body, []
+        return body.tobytes(), [f"unknown_transfer_encoding: {cte[:40]} {where}"]
+    return body.tobytes(), []
 
 
 def decode_uu_block(block: bytes) -> tuple[bytes, str | None]:
