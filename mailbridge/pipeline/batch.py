@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from mailbridge.adapters.db import store
 from mailbridge.pipeline.process import (
+    Lookups,
     Processor,
     StageTracker,
     advance_checkpoint,
@@ -17,7 +21,7 @@ from mailbridge.pipeline.process import (
     held_results,
     log_result,
 )
-from mailbridge.records import Intake, ProcessResult
+from mailbridge.records import CustomerView, Intake, OutgoingMail, ParsedMail, ProcessResult
 
 log = structlog.get_logger(__name__)
 
@@ -63,6 +67,47 @@ async def process_batch(
     return handled
 
 
+class BatchLookups(Lookups):
+    """The plan's sender reads for a whole batch: one query each, for every sender at once.
+
+    Counts of automatic mail are those of the first look plus what this batch has queued
+    since, which is what asking again would give (nothing else writes the batch's rows).
+    """
+
+    def __init__(self, senders: Iterable[str], recipients: Iterable[str]) -> None:
+        self.senders = {email.lower() for email in senders}
+        self.recipients = {rcpt.lower() for rcpt in recipients}
+        self.customers: dict[str, CustomerView] | None = None
+        self.counts: dict[str, list[int]] | None = None
+        self.windows = 0  # how many moments each count list has
+
+    async def customer(self, session: AsyncSession, email: str | None) -> CustomerView | None:
+        if not email or email.strip().lower() not in self.senders:
+            return await super().customer(session, email)
+        if self.customers is None:
+            self.customers = await store.customers_by_email(session, self.senders)
+        return self.customers.get(email.strip().lower())
+
+    async def sent_counts(
+        self, session: AsyncSession, rcpt: str, moments: Sequence[datetime]
+    ) -> list[int]:
+        if rcpt.lower() not in self.recipients:
+            return await super().sent_counts(session, rcpt, moments)
+        if self.counts is None:
+            self.counts = await store.outgoing_counts_by_rcpt(session, self.recipients, moments)
+            self.windows = len(moments)
+        return list(self.counts.get(rcpt.lower(), [0] * self.windows))
+
+    def queued(self, mail: OutgoingMail) -> None:
+        if self.counts is None:
+            return  # not looked yet: the first look will count it
+        for rcpt in mail.rcpt_to:
+            key = rcpt.lower()
+            if key in self.recipients:
+                counts = self.counts.get(key, [0] * self.windows)
+                self.counts[key] = [count + 1 for count in counts]
+
+
 async def _in_one_transaction(
     processor: Processor,
     intakes: Sequence[Intake],
@@ -73,22 +118,40 @@ async def _in_one_transaction(
     handled: list[Handled] = []
     async with processor.sessions.begin() as session:
         known = await held_results(session, [key for key, _message_id in keys])
-        for intake, (key, message_id) in zip(intakes, keys, strict=True):
+        # Parsed first, so that one query per batch answers the plan's questions about senders.
+        parsed: dict[int, ParsedMail] = {}
+        parse_seconds: dict[int, float] = {}
+        for index, (intake, (key, _message_id)) in enumerate(zip(intakes, keys, strict=True)):
             if stop is not None and stop.is_set():
                 break
+            if key not in known:
+                began = time.perf_counter()
+                parsed[index] = await processor.parse(intake.data)
+                parse_seconds[index] = time.perf_counter() - began
+                beat()
+        lookups = BatchLookups(
+            (mail.requester.key for mail in parsed.values() if mail.requester),
+            (mail.reply_address.key for mail in parsed.values() if mail.reply_address),
+        )
+        # A stop asked for while parsing ends the batch at the messages parsed so far: those
+        # are written (milliseconds), committed and settled; the rest wait for the next start.
+        for index, (intake, (key, message_id)) in enumerate(zip(intakes, keys, strict=True)):
             began = time.perf_counter()
             if key in known:
                 result = replace(known[key], duplicate=True)
+            elif index not in parsed:
+                break
             else:
                 with structlog.contextvars.bound_contextvars(
                     mailbox=intake.mailbox, uid=intake.uid, message_id=message_id
                 ):
-                    parsed = await processor.parse(intake.data)
                     result = await processor.write_one(
-                        session, intake, key, parsed, StageTracker("parse")
-                    )
+                        session, intake, key, parsed.pop(index), StageTracker("screen"),
+                        lookups=lookups,
+                    )  # fmt: skip
                 known[key] = result  # a second copy later in this batch is a duplicate
-            handled.append(Handled(intake, result, time.perf_counter() - began))
+            seconds = time.perf_counter() - began + parse_seconds.get(index, 0.0)
+            handled.append(Handled(intake, result, seconds))
             beat()
         await advance_checkpoint(session, (item.intake for item in handled))
     for item, (_key, message_id) in zip(handled, keys, strict=False):

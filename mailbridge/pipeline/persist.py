@@ -41,8 +41,12 @@ class TicketWriter:
 
     async def write(
         self, session: AsyncSession, inbound: InboundMessage, plan: Plan
-    ) -> ProcessResult:
-        """The rows for one message; the caller advances the mailbox checkpoint and commits."""
+    ) -> tuple[ProcessResult, OutgoingMail | None]:
+        """The rows for one message, and the mail it queued if any; the caller commits.
+
+        `inbound` may be new (not yet in the session): it is inserted once its outcome is set,
+        so it costs one INSERT and no UPDATE.
+        """
         decision = plan.decision
         verdict = decision.verdict
         inbound.reasons = [{"rule": r.rule, "detail": r.detail} for r in verdict.reasons]
@@ -66,12 +70,21 @@ class TicketWriter:
                         },
                     ]
                 else:
-                    self._queue(session, reply, None, inbound.id)
-            return ProcessResult(Outcome.REJECTED, inbound.id)
+                    inbound_id = await self._inbound_id(session, inbound)
+                    self._queue(session, reply, None, inbound_id)
+                    return ProcessResult(Outcome.REJECTED, inbound_id), reply
+            return ProcessResult(Outcome.REJECTED, await self._inbound_id(session, inbound)), None
         await self._store_attachments(decision.parsed)
         if decision.thread.ticket_number is not None:
-            return await self._follow_up(session, inbound, decision)
+            return await self._follow_up(session, inbound, decision), None
         return await self._new_ticket(session, inbound, plan)
+
+    @staticmethod
+    async def _inbound_id(session: AsyncSession, inbound: InboundMessage) -> int:
+        """Insert (or update) the inbound row now that its outcome is known; its id."""
+        session.add(inbound)
+        await session.flush()
+        return inbound.id
 
     async def _store_attachments(self, parsed: ParsedMail) -> None:
         # Bytes first, rows after: a crash leaves an orphan file, never a row without bytes.
@@ -87,17 +100,18 @@ class TicketWriter:
             raise PermanentError("thread", f"ticket {number} vanished while joining it")
         parsed = decision.parsed
         display = strip_quoted(parsed.body_text)
-        session.add(store.new_message(ticket.id, inbound.id, parsed, display))
         ticket.updated_at = utcnow()
         if ticket.status != "open":
             ticket.status = "open"  # a customer writing again reopens a solved ticket
         inbound.ticket_id = ticket.id
         inbound.outcome = Outcome.FOLLOW_UP.value
-        return ProcessResult(Outcome.FOLLOW_UP, inbound.id, ticket.number)
+        inbound_id = await self._inbound_id(session, inbound)
+        session.add(store.new_message(ticket.id, inbound_id, parsed, display))
+        return ProcessResult(Outcome.FOLLOW_UP, inbound_id, ticket.number)
 
     async def _new_ticket(
         self, session: AsyncSession, inbound: InboundMessage, plan: Plan
-    ) -> ProcessResult:
+    ) -> tuple[ProcessResult, OutgoingMail | None]:
         decision = plan.decision
         parsed, verdict = decision.parsed, decision.verdict
         classification = decision.classification
@@ -127,13 +141,16 @@ class TicketWriter:
             participants.setdefault(address, "cc")
         for email, role in participants.items():
             session.add(TicketParticipant(ticket_id=ticket.id, email=email, role=role))
-        session.add(store.new_message(ticket.id, inbound.id, parsed, parsed.body_text))
         inbound.ticket_id = ticket.id
         inbound.outcome = Outcome.TICKET_CREATED.value
-        if not plan.answer_suppressions:
-            ack = self.render_ack(decision, ticket.number)
-            self._queue(session, ack, ticket.id, inbound.id)
-        return ProcessResult(Outcome.TICKET_CREATED, inbound.id, ticket.number)
+        inbound_id = await self._inbound_id(session, inbound)
+        session.add(store.new_message(ticket.id, inbound_id, parsed, parsed.body_text))
+        result = ProcessResult(Outcome.TICKET_CREATED, inbound_id, ticket.number)
+        if plan.answer_suppressions:
+            return result, None
+        ack = self.render_ack(decision, ticket.number)
+        self._queue(session, ack, ticket.id, inbound_id)
+        return result, ack
 
     def render_ack(self, decision: Decision, number: str) -> OutgoingMail:
         parsed = decision.parsed

@@ -24,6 +24,7 @@ from mailbridge.pipeline.persist import TicketWriter
 from mailbridge.pipeline.screen import ScreenPolicy, screen
 from mailbridge.pipeline.thread import choose_thread, thread_hint
 from mailbridge.records import (
+    CustomerView,
     Decision,
     Intake,
     Outcome,
@@ -61,6 +62,25 @@ def dedupe_key(data: bytes) -> tuple[str, str | None]:
         if 2 < len(text) <= 500:
             return f"mid:{text}", text
     return f"sha256:{hashlib.sha256(data).hexdigest()}", None
+
+
+class Lookups:
+    """The plan's reads about a sender (customer record, automatic mail sent to them lately).
+
+    This one asks the database each time; a batch answers from one query per batch instead
+    (pipeline/batch.py) and is told of every mail queued, so its counts stay exact.
+    """
+
+    async def customer(self, session: AsyncSession, email: str | None) -> CustomerView | None:
+        return await store.customer_by_email(session, email)
+
+    async def sent_counts(
+        self, session: AsyncSession, rcpt: str, moments: Sequence[datetime]
+    ) -> list[int]:
+        return await store.outgoing_counts_since(session, rcpt, moments)
+
+    def queued(self, mail: OutgoingMail) -> None:
+        """A mail was added to the outbox in the open transaction."""
 
 
 async def held_results(session: AsyncSession, keys: Sequence[str]) -> dict[str, ProcessResult]:
@@ -121,10 +141,15 @@ class Processor:
         return parse_message(data, max_attachment_bytes=limit)
 
     async def plan(
-        self, session: AsyncSession, parsed: ParsedMail, stage: StageTracker | None = None
+        self,
+        session: AsyncSession,
+        parsed: ParsedMail,
+        stage: StageTracker | None = None,
+        lookups: Lookups | None = None,
     ) -> Plan:
         """Every decision about a message, reading the database but writing nothing."""
         stage = stage or StageTracker()
+        lookups = lookups or Lookups()
         stage.name = "screen"
         verdict = screen(parsed, self.policy)
         stage.name = "thread"
@@ -137,7 +162,7 @@ class Processor:
             sender=requester.key if requester else None,
         )
         stage.name = "classify"
-        customer = await store.customer_by_email(session, requester.key if requester else None)
+        customer = await lookups.customer(session, requester.key if requester else None)
         classification = classify(
             parsed,
             self.settings.classify,
@@ -152,10 +177,11 @@ class Processor:
         )
         decision = Decision(parsed, verdict, classification, thread, language)
         stage.name = "persist"
-        return Plan(decision, customer, await self._answer_suppressions(session, parsed, verdict))
+        suppressions = await self._answer_suppressions(session, parsed, verdict, lookups)
+        return Plan(decision, customer, suppressions)
 
     async def _answer_suppressions(
-        self, session: AsyncSession, parsed: ParsedMail, verdict: Verdict
+        self, session: AsyncSession, parsed: ParsedMail, verdict: Verdict, lookups: Lookups
     ) -> tuple[Reason, ...]:
         reasons = list(verdict.suppressions)
         if not self.settings.ack.enabled:
@@ -168,9 +194,9 @@ class Processor:
             ("rate_cap_hour", timedelta(hours=1), self.settings.ack.max_per_recipient_hour),
             ("rate_cap_day", timedelta(days=1), self.settings.ack.max_per_recipient_day),
         )
-        counts = await store.outgoing_counts_since(
+        counts = await lookups.sent_counts(
             session, address.key, [now - window for _rule, window, _cap in caps]
-        )  # one query for both windows
+        )
         for (rule, _window, cap), sent in zip(caps, counts, strict=True):
             if sent >= cap:
                 reasons.append(Reason(rule, f"{sent} automatic answers to {address.key} already"))
@@ -255,16 +281,19 @@ class Processor:
         parsed: ParsedMail,
         stage: StageTracker,
         existing_id: int | None = None,
+        lookups: Lookups | None = None,
     ) -> ProcessResult:
         """Plan and write one parsed message in the caller's transaction; errors propagate."""
-        plan = await self.plan(session, parsed, stage)
+        lookups = lookups or Lookups()
+        plan = await self.plan(session, parsed, stage, lookups)
         if existing_id is None:
             inbound = self._inbound_row(intake, key, parsed.message_id, state="done")
-            session.add(inbound)
-            await session.flush()
         else:
             inbound = await self._reopen(session, existing_id)
-        return await self.writer.write(session, inbound, plan)
+        result, queued = await self.writer.write(session, inbound, plan)
+        if queued is not None:
+            lookups.queued(queued)
+        return result
 
     async def _reopen(self, session: AsyncSession, inbound_id: int) -> InboundMessage:
         row = await session.get(InboundMessage, inbound_id, with_for_update=True)

@@ -153,12 +153,7 @@ async def tickets_by_number(session: AsyncSession, numbers: Sequence[str]) -> di
     return {view.number: view for view in views.values()}
 
 
-async def customer_by_email(session: AsyncSession, email: str | None) -> CustomerView | None:
-    if not email:
-        return None
-    row = await session.scalar(select(Customer).where(Customer.email == email.strip().lower()))
-    if row is None:
-        return None
+def _customer_view(row: Customer) -> CustomerView:
     return CustomerView(
         email=row.email,
         name=row.name,
@@ -166,6 +161,24 @@ async def customer_by_email(session: AsyncSession, email: str | None) -> Custome
         priority=Priority(row.priority),
         company=row.company,
     )
+
+
+async def customer_by_email(session: AsyncSession, email: str | None) -> CustomerView | None:
+    if not email:
+        return None
+    row = await session.scalar(select(Customer).where(Customer.email == email.strip().lower()))
+    return _customer_view(row) if row is not None else None
+
+
+async def customers_by_email(
+    session: AsyncSession, emails: Iterable[str]
+) -> dict[str, CustomerView]:
+    """The known customers among these addresses (lower-cased), in one query."""
+    wanted = {email.strip().lower() for email in emails if email}
+    if not wanted:
+        return {}
+    rows = await session.scalars(select(Customer).where(Customer.email.in_(wanted)))
+    return {row.email: _customer_view(row) for row in rows}
 
 
 async def outgoing_count_since(session: AsyncSession, rcpt: str, since: datetime) -> int:
@@ -194,6 +207,22 @@ async def outgoing_counts_since(
         )
     ).one()
     return [int(value or 0) for value in row]
+
+
+async def outgoing_counts_by_rcpt(
+    session: AsyncSession, rcpts: Iterable[str], moments: Sequence[datetime]
+) -> dict[str, list[int]]:
+    """`outgoing_counts_since` for several recipients in one query; absent ones have none."""
+    wanted = {rcpt.lower() for rcpt in rcpts}
+    if not wanted or not moments:
+        return {}
+    columns = [func.sum(case((Outbox.created_at >= m, 1), else_=0)) for m in moments]
+    rows = await session.execute(
+        select(Outbox.rcpt_to, *columns)
+        .where(Outbox.rcpt_to.in_(wanted), Outbox.created_at >= min(moments))
+        .group_by(Outbox.rcpt_to)
+    )
+    return {rcpt: [int(value or 0) for value in values] for rcpt, *values in rows}
 
 
 async def outbox_has(session: AsyncSession, message_id: str) -> bool:

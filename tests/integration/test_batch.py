@@ -1,0 +1,155 @@
+"""A fetched batch in one transaction ends each message as it would end alone (SQLite and PG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from mailbridge.adapters.db import store
+from mailbridge.adapters.db.models import Customer, InboundMessage
+from mailbridge.app import open_app
+from mailbridge.pipeline.batch import process_batch
+from mailbridge.records import Intake, Outcome
+from mailbridge.settings import AckSettings, DatabaseSettings, Settings, StorageSettings
+from tests.integration.harness import make_mail, png, read_db
+
+pytestmark = pytest.mark.integration
+
+SUPPORT = "support@example.test"
+MAILBOX = "support@localhost/INBOX"
+
+
+def settings_for(database_url: str, data_dir: Path, **ack: object) -> Settings:
+    return Settings(
+        database=DatabaseSettings(url=database_url),
+        storage=StorageSettings(data_dir=data_dir),
+        ack=AckSettings(from_address=SUPPORT, **ack),  # type: ignore[arg-type]
+    )
+
+
+def intakes(*mails: bytes, first_uid: int = 1) -> list[Intake]:
+    return [Intake(mail, "imap", MAILBOX, 7, first_uid + n) for n, mail in enumerate(mails)]
+
+
+async def run_batch(settings: Settings, *mails: bytes) -> list[Outcome]:
+    async with open_app(settings) as app:
+        handled = await process_batch(app.processor, intakes(*mails))
+    return [item.result.outcome for item in handled]
+
+
+async def test_a_flood_in_one_batch_is_capped_like_one_at_a_time(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = settings_for(
+        database_url, tmp_path, max_per_recipient_hour=3, max_per_recipient_day=5
+    )
+    flood = [make_mail(to=SUPPORT, subject=f"Problem {n}") for n in range(5)]
+
+    outcomes = await run_batch(settings, *flood)
+
+    state = await read_db(settings)
+    assert outcomes == [Outcome.TICKET_CREATED] * 5
+    assert len(state.outbox) == 3
+    capped = [r for i in state.inbound for r in i.reasons if r["rule"] == "rate_cap_hour"]
+    assert len(capped) == 2
+
+
+async def test_a_reply_in_the_same_batch_joins_the_ticket_it_answers(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = settings_for(database_url, tmp_path)
+    first = make_mail(to=SUPPORT, message_id="<first@customer.test>")
+    more = make_mail(
+        to=SUPPORT,
+        subject="Re: Cannot log in to the admin panel",
+        body="Also: the screenshot.",
+        in_reply_to="<first@customer.test>",
+        images=[("screen.png", png(40, 30))],
+    )
+
+    outcomes = await run_batch(settings, first, more)
+
+    state = await read_db(settings)
+    assert outcomes == [Outcome.TICKET_CREATED, Outcome.FOLLOW_UP]
+    (ticket,) = state.tickets
+    assert [len(m.attachments) for m in ticket.messages] == [0, 1]
+    assert len(state.outbox) == 1  # one ack per ticket, none for the follow-up
+
+
+async def test_the_same_message_twice_in_a_batch_makes_one_ticket(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = settings_for(database_url, tmp_path)
+    mail = make_mail(to=SUPPORT, message_id="<twice@customer.test>")
+
+    async with open_app(settings) as app:
+        handled = await process_batch(app.processor, intakes(mail, mail))
+
+    first, second = (item.result for item in handled)
+    assert (first.duplicate, second.duplicate) == (False, True)
+    assert second.ticket_number == first.ticket_number is not None
+    state = await read_db(settings)
+    assert (len(state.tickets), len(state.inbound), len(state.outbox)) == (1, 1, 1)
+
+
+async def test_a_known_customer_is_recognised_inside_a_batch(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = settings_for(database_url, tmp_path)
+    async with open_app(settings) as app, app.sessions.begin() as session:
+        session.add(Customer(email="vip@client.test", name="VIP", language="ro", priority="high"))
+    mails = [
+        make_mail(to=SUPPORT, sender="Stranger <someone@else.test>"),
+        make_mail(to=SUPPORT, sender="VIP <VIP@client.test>", subject="Question"),
+    ]
+
+    await run_batch(settings, *mails)
+
+    state = await read_db(settings)
+    assert [(t.requester_email, t.priority, t.language) for t in state.tickets] == [
+        ("someone@else.test", "normal", "en"),
+        ("vip@client.test", "high", "ro"),
+    ]
+
+
+async def test_a_failing_message_quarantines_alone_and_the_rest_of_the_batch_lands(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = settings_for(database_url, tmp_path)
+    (tmp_path / "attachments").write_text("a file where the attachment store should be")
+    mails = [
+        make_mail(to=SUPPORT, sender=f"c{n} <c{n}@customer.test>", subject=f"Problem {n}")
+        for n in range(3)
+    ]
+    mails.insert(1, make_mail(to=SUPPORT, images=[("screen.png", png(40, 30))]))
+
+    outcomes = await run_batch(settings, *mails)
+
+    assert outcomes == [
+        Outcome.TICKET_CREATED,
+        Outcome.QUARANTINED,
+        Outcome.TICKET_CREATED,
+        Outcome.TICKET_CREATED,
+    ]
+    state = await read_db(settings)
+    assert len(state.tickets) == len(state.outbox) == 3
+    failed = [row for row in state.inbound if row.state == "failed"]
+    assert [(row.stage, row.raw) for row in failed] == [("store", mails[1])]
+
+
+async def test_the_checkpoint_moves_to_the_batch_s_highest_uid(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = settings_for(database_url, tmp_path)
+    mails = [make_mail(to=SUPPORT, subject=f"Problem {n}") for n in range(3)]
+
+    async with open_app(settings) as app:
+        await process_batch(app.processor, intakes(*mails, first_uid=40))
+        async with app.sessions() as session:
+            rows = (await session.execute(select(InboundMessage.uid))).scalars().all()
+            point = await store.checkpoint(session, MAILBOX)
+    assert sorted(rows) == [40, 41, 42]
+    assert point is not None
+    assert (point.uidvalidity, point.last_uid) == (7, 42)
