@@ -5,35 +5,27 @@ from __future__ import annotations
 import hashlib
 import re
 import string
-import textwrap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email import policy as email_policy
-from email.headerregistry import Address as HeaderAddress
-from email.message import EmailMessage
-from email.utils import format_datetime
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Final
 from zoneinfo import ZoneInfo
 
+from mailbridge.pipeline.compose import Draft, Mailbox, compose, tidy_body
 from mailbridge.pipeline.mailsafe import (
-    LOOP_HEADER,
     SUBJECT_LIMIT,
-    IdListHeader,
     header_safe,
     normalise_mailbox,
     reference_chain,
     strict_message_id,
-    verify_headers,
 )
 from mailbridge.pipeline.mailsafe import ack_message_id as ack_message_id  # re-exported
 from mailbridge.records import Address, OutgoingMail, ParsedMail
 from mailbridge.settings import AckSettings, HoursSettings
 
-WRAP_WIDTH: Final = 76
 TEMPLATE_NAMES: Final = (
     "ack", "ack_after_hours", "ack_urgent", "ack_emergency", "ack_screenshot", "ack_omitted",
     "cc_rejected",
@@ -168,26 +160,6 @@ def _words(variant: str) -> Words:
     return next((WORDS[v] for v in _variants(variant) if v in WORDS), WORDS["en"])
 
 
-def _tidy(body: str) -> str:
-    """Long lines wrapped (keeping their indent), blank runs left by empty blocks collapsed."""
-    lines = []
-    for line in body.strip().splitlines():
-        text = line.strip()
-        indent = line[: len(line) - len(line.lstrip())]
-        if len(line.rstrip()) <= WRAP_WIDTH:
-            lines.append(line.rstrip())
-            continue
-        lines += textwrap.wrap(
-            text,
-            WRAP_WIDTH,
-            initial_indent=indent,
-            subsequent_indent=indent,
-            break_long_words=False,
-            break_on_hyphens=False,
-        )
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)) + "\n"
-
-
 # --- localized text ----------------------------------------------------------------------
 
 
@@ -215,24 +187,35 @@ def format_days(working_days: Iterable[str], words: Words) -> str:
 
 
 def _clean_subject(subject: str, ticket_number: str, words: Words) -> str:
-    tag = re.compile(re.escape(f"[#{ticket_number}]"), re.IGNORECASE)
-    return header_safe(tag.sub(" ", subject)) or words.no_subject
+    if "[#" in subject:  # compiled only then: every ticket number is new to re's cache
+        tag = re.compile(re.escape(f"[#{ticket_number}]"), re.IGNORECASE)
+        subject = tag.sub(" ", subject)
+    return header_safe(subject) or words.no_subject
 
 
 # --- composing ---------------------------------------------------------------------------
 
 
-def _recipient(address: Address | None) -> HeaderAddress:
+def _recipient(address: Address | None) -> Mailbox:
     email = normalise_mailbox(address.email) if address is not None else None
     if address is None or email is None:
         raise UnsendableAddressError(f"no usable recipient address: {address!r}")
-    return HeaderAddress(display_name=header_safe(address.name, 100), addr_spec=email)
+    return Mailbox(header_safe(address.name, 100), email)
+
+
+@lru_cache(maxsize=16)
+def _sender(from_name: str, from_address: str, loop_value: str) -> tuple[Mailbox, str]:
+    """The From mailbox and loop-header value: the same for every answer of one setup."""
+    sender = normalise_mailbox(from_address)
+    if sender is None:
+        raise ValueError(f"ack.from_address {from_address!r} is not a usable address")
+    return Mailbox(header_safe(from_name, 100), sender), header_safe(loop_value, 100)
 
 
 def _compose(
     *,
     ack: AckSettings,
-    to: HeaderAddress,
+    to: Mailbox,
     subject: str,
     body: str,
     date: datetime,
@@ -241,33 +224,20 @@ def _compose(
     references: tuple[str, ...],
     content_language: str,
 ) -> bytes:
-    sender = normalise_mailbox(ack.from_address)
-    if sender is None:
-        raise ValueError(f"ack.from_address {ack.from_address!r} is not a usable address")
-    msg = EmailMessage(policy=email_policy.SMTP)
-    msg["From"] = HeaderAddress(display_name=header_safe(ack.from_name, 100), addr_spec=sender)
-    msg["To"] = to
-    msg["Subject"] = subject
-    if date.utcoffset() is None:
-        raise ValueError("the Date must be an aware datetime")
-    msg["Date"] = format_datetime(date)
-    msg["Message-ID"] = IdListHeader("Message-ID", (message_id,))
-    if (parent := strict_message_id(in_reply_to)) is not None:
-        msg["In-Reply-To"] = IdListHeader("In-Reply-To", (parent,))
-    if references:
-        msg["References"] = IdListHeader("References", references)
-    # RFC 3834 §5: the standard mark. The rest are what other responders actually look at
-    # (Exchange, osTicket, FreeScout, Zammad, vacation programs); they cost nothing.
-    msg["Auto-Submitted"] = "auto-replied"
-    msg["X-Auto-Response-Suppress"] = "All"
-    msg["Precedence"] = "auto_reply"
-    msg["X-Autoreply"] = "yes"
-    msg[LOOP_HEADER] = header_safe(ack.loop_header_value, 100) or "mailbridge"
-    msg.set_content(body, charset="utf-8", cte="quoted-printable")
-    msg["Content-Language"] = content_language  # after set_content, which clears Content-*
-    data = msg.as_bytes()
-    verify_headers(data, [name for name, _ in msg.items()])
-    return data
+    sender, loop_value = _sender(ack.from_name, ack.from_address, ack.loop_header_value)
+    draft = Draft(
+        sender=sender,
+        to=to,
+        subject=subject,
+        date=date,
+        message_id=message_id,
+        in_reply_to=strict_message_id(in_reply_to),
+        references=references,
+        loop_value=loop_value or "mailbridge",
+        content_language=content_language,
+        body=body,
+    )
+    return compose(draft)
 
 
 def _envelope_sender(ack: AckSettings) -> str:
@@ -318,7 +288,7 @@ def render_ack(
         if shown:
             name = f"ack_{block.removesuffix('_note')}"
             values[block] = _fill(name, *load_template(name, variant, templates_dir), values)
-    body = _tidy(_fill("ack", variant, main, values))
+    body = tidy_body(_fill("ack", variant, main, values))
     message_id = ack_message_id("ack", ctx.message_key or ctx.ticket_number, ack.message_id_domain)
     data = _compose(
         ack=ack,
@@ -367,7 +337,7 @@ def render_cc_rejection(
         "requester_name": to.display_name,
         "requester_email": to.addr_spec,
     }
-    body = _tidy(_fill("cc_rejected", variant, main, values))
+    body = tidy_body(_fill("cc_rejected", variant, main, values))
     message_id = ack_message_id("cc-rejected", _rejection_key(parsed), ack.message_id_domain)
     data = _compose(
         ack=ack,
