@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
+from itertools import filterfalse
 from typing import Final
 
 SUPPORTED: Final = ("ro", "sr", "en")
@@ -40,7 +42,17 @@ _WORDS: Final = {
 
 _CYRILLIC: Final = re.compile(r"[\u0400-\u04ff]")
 _WORD: Final = re.compile(r"[^\W\d_]+(?:-[^\W\d_]+)*")
+_ASCII_LETTER: Final = re.compile(r"[A-Za-z]")
+_TAG_SEPARATORS: Final = re.compile(r"[,\s]+")
 _SCAN_CHARS: Final = 4000
+
+# The languages a token scores for. Only words the tokenizer can produce are kept, and none in
+# Cyrillic: a Cyrillic token scores for Serbian before any word set is looked at.
+_LANGUAGES_OF: Final = {
+    word: tuple(language for language, words in _WORDS.items() if word in words)
+    for word in frozenset().union(*_WORDS.values())
+    if _WORD.fullmatch(word) and not _CYRILLIC.search(word)
+}
 
 
 def normalise_tag(tag: str | None) -> str | None:
@@ -50,7 +62,7 @@ def normalise_tag(tag: str | None) -> str | None:
     """
     if not tag:
         return None
-    for item in re.split(r"[,\s]+", tag):
+    for item in _TAG_SEPARATORS.split(tag):
         primary = item.split(";")[0].replace("_", "-").split("-")[0].strip().lower()
         if primary in _ALIASES:
             return _ALIASES[primary]
@@ -59,8 +71,23 @@ def normalise_tag(tag: str | None) -> str | None:
 
 def _unquoted(text: str) -> str:
     """The first few thousand characters, without quoted lines ("> ...")."""
-    lines = (line for line in text[: _SCAN_CHARS * 2].splitlines() if not line.startswith(">"))
+    head = text[: _SCAN_CHARS * 2]
+    lines = head.splitlines()
+    if ">" in head:  # most mail quotes nothing: no line to look at then
+        lines = [line for line in lines if not line.startswith(">")]
     return "\n".join(lines)[:_SCAN_CHARS]
+
+
+def _word_counts(sample: str) -> Counter[str]:
+    """How often each word (as `_WORD` finds them) occurs, each distinct word scored once later.
+
+    No word spans white space, and a chunk between spaces made only of letters is one word:
+    the regex only has to look at the chunks with punctuation, digits or hyphens in them.
+    """
+    chunks = sample.split()
+    counts = Counter(filter(str.isalpha, chunks))
+    counts.update(_WORD.findall(" ".join(filterfalse(str.isalpha, chunks))))
+    return counts
 
 
 def guess_language(text: str) -> str | None:
@@ -71,17 +98,14 @@ def guess_language(text: str) -> str | None:
     """
     sample = _unquoted(text).lower()
     scores = dict.fromkeys(SUPPORTED, 0)
-    for word in _WORD.findall(sample):
-        if _CYRILLIC.search(word):
-            scores["sr"] += 1
-            continue
-        for language, words in _WORDS.items():
-            if word in words:
-                scores[language] += 1
-    for char in sample:
+    counts = _word_counts(sample)
+    for word in counts.keys() & _LANGUAGES_OF.keys():
+        for language in _LANGUAGES_OF[word]:
+            scores[language] += counts[word]
+    if not sample.isascii():  # every marker letter and every Cyrillic letter is outside ASCII
+        scores["sr"] += sum(map(counts.__getitem__, filter(_CYRILLIC.search, counts)))
         for language, letters in _LETTERS.items():
-            if char in letters:
-                scores[language] += 1
+            scores[language] += sum(map(sample.count, letters))
     best = max(scores.values())
     leaders = [language for language, score in scores.items() if score == best]
     return leaders[0] if best > 0 and len(leaders) == 1 else None
@@ -104,7 +128,7 @@ def is_cyrillic(text: str) -> bool:
     """More Cyrillic than Latin letters in the (unquoted) text."""
     sample = _unquoted(text)
     cyrillic = len(_CYRILLIC.findall(sample))
-    latin = sum(1 for char in sample if char.isascii() and char.isalpha())
+    latin = len(_ASCII_LETTER.findall(sample))  # the ASCII letters are exactly A-Z, a-z
     return cyrillic > latin
 
 

@@ -60,6 +60,46 @@ def test_keywords_decide_when_no_tag(subject: str, body: str, expected: TicketTy
         assert rule.startswith("keyword:")
 
 
+@pytest.mark.parametrize(
+    ("subject", "body", "rule"),
+    [
+        ("Hello", "Greška u izveštaju", "keyword:body:greska"),
+        ("Грешка у извештају", "", "keyword:subject:greska"),
+        ("Hello", "Plata nu funcționează.", "keyword:body:nu functioneaza"),
+        ("Hello", "(eroare)", "keyword:body:eroare"),
+        # Table order, not text order: the question comes first, the bug is still a bug.
+        ("Hello", "How do I get past this error?", "keyword:body:error"),
+        ("How do I pay?", "it crashes", "keyword:subject:how do i"),
+        # Inside a longer word, also one whose neighbouring letter folding leaves alone.
+        ("Hello", "exchange rates; debugger", "no_match"),
+        ("Hello", "errorы øbug", "no_match"),
+        ("Hello", "error_code bug2", "no_match"),
+    ],
+)
+def test_keywords_match_whole_words_after_folding(subject: str, body: str, rule: str) -> None:
+    assert ticket_type_of(parsed(subject=subject, body=body), SETTINGS)[1] == rule
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        ({"Bug": ["nu merge bine"], "Question": ["nu merge"]}, "keyword:body:nu merge bine"),
+        ({"Question": ["nu merge"], "Bug": ["nu merge bine"]}, "keyword:body:nu merge"),
+        ({"Question": ["bine"], "Bug": ["nu merge"]}, "keyword:body:bine"),
+    ],
+)
+def test_overlapping_keywords_follow_the_table(table: dict[str, list[str]], expected: str) -> None:
+    settings = ClassifySettings(type_keywords=table)
+    assert ticket_type_of(parsed(body="Nu merge bine."), settings)[1] == expected
+
+
+def test_the_first_listed_urgent_word_is_the_reason() -> None:
+    mail = parsed(subject="Site down")
+    for words, reason in ((["down", "site down"], "down"), (["site down", "down"], "site down")):
+        settings = ClassifySettings(urgent_words=words)
+        assert priority_of(mail, settings, None)[1] == (f"urgent_word:{reason}",)
+
+
 def test_keyword_table_from_settings_replaces_the_default() -> None:
     settings = ClassifySettings(type_keywords={"Development": ["plugin"]})
     assert ticket_type_of(parsed(body="a new plugin please"), settings)[0] is TicketType.DEVELOPMENT

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailbridge.pipeline.language import (
+    _WORD,
+    _word_counts,
     choose_language,
     guess_language,
     normalise_tag,
@@ -78,6 +84,32 @@ def test_the_default_when_the_text_says_nothing() -> None:
 def test_a_tie_goes_to_the_default() -> None:
     assert guess_language("hvala thanks") is None
     assert choose("hvala thanks", default="ro") == "ro"
+
+
+def test_every_word_counts_each_time_it_occurs() -> None:
+    assert guess_language("Хвала, hvala! thanks thanks") is None  # 2 : 2
+    assert guess_language("Хвала, hvala! thanks thanks thanks") == "en"
+    assert guess_language("site-ul nu-mi merge") == "ro"  # hyphenated words are not split
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "bună ziua, site-ul nu merge!",
+        "a--b -c d- 2fa x_y ½ ⅷ ²x",
+        "hvala.\u00a0pozdrav\u2028поштовани,\x1cхвала\r\nok",
+        "e\u0301 ǅ ﬁ ß",
+    ],
+)
+def test_word_counts_split_like_the_word_pattern(text: str) -> None:
+    assert _word_counts(text) == Counter(_WORD.findall(text))
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.text(alphabet=st.characters(codec="utf-8")) | st.text("ab ж-é,.\n\u00a0_2"))
+def test_word_counts_agree_with_the_word_pattern(text: str) -> None:
+    # The split on white space is a shortcut only: the words must be the ones `_WORD` finds.
+    assert _word_counts(text) == Counter(_WORD.findall(text))
 
 
 def test_quoted_lines_are_ignored() -> None:
