@@ -133,7 +133,7 @@ async def open_app(settings: Settings, *, check: bool = True) -> AsyncIterator[A
     engine = make_engine(settings.database_url, echo=settings.database.echo)
     try:
         if check:
-            await check_schema(engine, settings.database_url)
+            await check_schema(engine)
         sessions = make_sessionmaker(engine)
         blobs = BlobStore(settings.storage.data_dir / "attachments")
         processor = Processor(settings, sessions, blobs)

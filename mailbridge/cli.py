@@ -222,7 +222,7 @@ async def db_upgrade(context: Context, revision: str) -> None:
         now = await current_revision(engine)
     finally:
         await engine.dispose()
-    click.echo(f"database schema at {now} (head {head_revision(url)})")
+    click.echo(f"database schema at {now} (head {head_revision()})")
 
 
 @main.group("config")

@@ -54,7 +54,7 @@ async def direct_checks(settings: Settings) -> list[Check]:
     every mailbox account."""
     engine = make_engine(settings.database_url)
     try:
-        checks = [await database_check(engine, settings.database_url)]
+        checks = [await database_check(engine, schema=True)]
     finally:
         await engine.dispose()
     sources = make_token_sources(settings)

@@ -76,18 +76,18 @@ def liveness_checks(daemon: Daemon, now: datetime | None = None) -> list[Check]:
     return checks
 
 
-async def database_check(engine: AsyncEngine, url: str | None = None) -> Check:
-    """The database answers a query (and, given its URL, has the current schema)."""
+async def database_check(engine: AsyncEngine, *, schema: bool = False) -> Check:
+    """The database answers a query (and, when asked, has the current schema)."""
     try:
         async with asyncio.timeout(DATABASE_TIMEOUT_SECONDS):
             async with engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
-            if url is not None:
-                await check_schema(engine, url)
+            if schema:
+                await check_schema(engine)
     except Exception as error:
         first = (str(error).splitlines() or [type(error).__name__])[0][:300]
         return Check("database", False, f"{type(error).__name__}: {first}")
-    return Check("database", True, "reachable" + (", schema current" if url else ""))
+    return Check("database", True, "reachable" + (", schema current" if schema else ""))
 
 
 async def readiness_checks(daemon: Daemon, engine: AsyncEngine) -> list[Check]:

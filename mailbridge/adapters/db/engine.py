@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from mailbridge.errors import MailbridgeError, TransientError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic (about 10 MB and 0.2 s of imports) is loaded only to migrate: the daemon and the
+# CLI check the schema by reading the scripts' revision lines and the alembic_version table.
+_REVISION = re.compile(r"^(down_revision|revision)\b[^=]*=\s*(None|[\"']([^\"']+)[\"'])", re.M)
 
 
 class SchemaError(MailbridgeError):
@@ -90,25 +94,49 @@ def _migrations_dir() -> Path:
 
 
 def alembic_config(url: str) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(_migrations_dir()))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 
 
-def head_revision(url: str) -> str | None:
-    return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+def head_revision() -> str | None:
+    """The newest migration: the one revision no script names as its down_revision."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in sorted((_migrations_dir() / "versions").glob("*.py")):
+        found = dict((name, value) for name, _raw, value in _REVISION.findall(script.read_text()))
+        if found.get("revision"):
+            revisions.add(found["revision"])
+            if found.get("down_revision"):
+                parents.add(found["down_revision"])
+    heads = revisions - parents
+    if len(heads) > 1:
+        raise SchemaError(f"the migrations have several heads: {sorted(heads)}")
+    return next(iter(heads), None)
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
+    """The revision recorded in the database's alembic_version table (None: no schema)."""
+
+    def read(connection: Connection) -> str | None:
+        if not inspect(connection).has_table("alembic_version"):
+            return None
+        rows = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+        if len(rows) > 1:
+            raise SchemaError(f"the database has several schema heads: {[r[0] for r in rows]}")
+        return str(rows[0][0]) if rows else None
+
     async with engine.connect() as connection:
-        return await connection.run_sync(
-            lambda sync: MigrationContext.configure(sync).get_current_revision()
-        )
+        return await connection.run_sync(read)
 
 
 async def upgrade(engine: AsyncEngine, url: str, revision: str = "head") -> None:
     """Apply migrations up to `revision` on the engine's database."""
+    from alembic import command
+
     config = alembic_config(url)
 
     def run(connection: Connection) -> None:
@@ -119,9 +147,9 @@ async def upgrade(engine: AsyncEngine, url: str, revision: str = "head") -> None
         await connection.run_sync(run)
 
 
-async def check_schema(engine: AsyncEngine, url: str) -> None:
+async def check_schema(engine: AsyncEngine) -> None:
     """Raise SchemaError unless the database is at the newest migration."""
-    head = head_revision(url)
+    head = head_revision()
     current = await current_revision(engine)
     if current != head:
         found = current or "no schema"
