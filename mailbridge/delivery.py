@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mailbridge.adapters.db.models import Outbox
@@ -74,6 +74,15 @@ def next_state(
     return "pending", now + timedelta(seconds=delay), row_uncertain or result.maybe_delivered
 
 
+def _last_error(result: SendResult) -> str | None:
+    """What the admin sees: the server's own words, or who was refused of a delivered mail."""
+    if result.status is not SendStatus.SENT:
+        return result.detail
+    if result.refused:
+        return f"delivered, but refused for: {', '.join(result.refused)}"
+    return None
+
+
 class OutboxWorker:
     """Sends due outbox rows; one instance per process keeps one SMTP connection warm."""
 
@@ -122,23 +131,27 @@ class OutboxWorker:
         state, next_at, uncertain = next_state(
             row.attempts, row.uncertain, result, self.settings, now, self.rng
         )
+        changes: dict[str, object] = {
+            "attempts": Outbox.attempts + 1,
+            "state": state,
+            "uncertain": uncertain,
+            "last_error": _last_error(result),
+        }
+        if state == "sent":
+            changes["sent_at"] = now
+        if next_at is not None:
+            changes["next_attempt_at"] = next_at
+        # One UPDATE, guarded by the state it was sent from: a row an admin discarded or
+        # retried meanwhile is left as they made it.
         async with self.sessions.begin() as session:
-            current = await session.get(Outbox, row.id, with_for_update=True)
-            if current is None:
+            updated = await session.execute(
+                update(Outbox)
+                .where(Outbox.id == row.id, Outbox.state == "pending")
+                .values(changes)
+                .execution_options(synchronize_session=False)
+            )
+            if not updated.rowcount:  # type: ignore[attr-defined]
                 return DrainReport()
-            current.attempts += 1
-            current.state = state
-            current.uncertain = uncertain
-            if result.status is not SendStatus.SENT:
-                current.last_error = result.detail  # the server's own words, for the admin
-            elif result.refused:
-                current.last_error = f"delivered, but refused for: {', '.join(result.refused)}"
-            else:
-                current.last_error = None
-            if state == "sent":
-                current.sent_at = now
-            if next_at is not None:
-                current.next_attempt_at = next_at
         self.last_progress = now
         if state == "sent":
             bound.info("outbox_sent", refused=list(result.refused) or None)
