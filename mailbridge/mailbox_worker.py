@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,6 +36,24 @@ def folder_for(outcome: Outcome, imap: ImapSettings) -> str:
     if outcome is Outcome.REJECTED:
         return imap.rejected_folder
     return imap.quarantine_folder
+
+
+def fetch_batches(
+    uids: Sequence[int], sizes: Mapping[int, int], max_count: int, max_bytes: int
+) -> list[list[int]]:
+    """UIDs in order, cut into batches of at most `max_count` messages and `max_bytes` (a
+    larger message goes alone): a batch is held in memory whole, raw and parsed."""
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    held = 0
+    for uid in uids:
+        size = sizes.get(uid, 0)
+        if batch and (len(batch) >= max_count or held + size > max_bytes):
+            batches.append(batch)
+            batch, held = [], 0
+        batch.append(uid)
+        held += size
+    return [*batches, batch] if batch else batches
 
 
 def mailbox_key(imap: ImapSettings, folder: str) -> str:
@@ -205,12 +223,12 @@ class MailboxWorker:
         """
         await self._note_uidvalidity(state)
         uids = await client.search_unsettled(self.imap.done_keyword)
+        sizes = await client.sizes(uids) if uids else {}
         self.liveness.beat()
         handled = 0
-        for start in range(0, len(uids), self.imap.fetch_batch):
+        for batch in fetch_batches(uids, sizes, self.imap.fetch_batch, self.imap.fetch_batch_bytes):
             if stop.is_set():
                 break
-            batch = uids[start : start + self.imap.fetch_batch]
             settled = await self._known(state, batch)
             fresh = [uid for uid in batch if uid not in settled]
             fetched = await client.fetch(fresh) if fresh else []

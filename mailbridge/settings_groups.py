@@ -114,7 +114,8 @@ class ImapSettings(Group):
     rejected_folder: str = "Rejected"
     quarantine_folder: str = "Quarantine"
     done_keyword: str = "MailbridgeDone"
-    fetch_batch: int = Field(10, ge=1, le=200)
+    fetch_batch: int = Field(25, ge=1, le=200)
+    fetch_batch_bytes: int = Field(16 * 1024 * 1024, ge=1024 * 1024)
     idle: bool = True
     idle_renew_seconds: float = Field(540.0, gt=0, le=1740)
     poll_seconds: float = Field(30.0, gt=0)

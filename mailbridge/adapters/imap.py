@@ -330,6 +330,20 @@ class ImapClient:
                 found.update(int(word) for word in words)
         return sorted(found)
 
+    async def sizes(self, uids: Sequence[int]) -> dict[int, int]:
+        """RFC822.SIZE of these messages, by UID (absent: expunged meanwhile)."""
+        self._require_selected()
+        found: dict[int, int] = {}
+        ordered = sorted(set(uids))
+        for start in range(0, len(ordered), MAX_UIDS_PER_COMMAND):
+            chunk = uid_set(ordered[start : start + MAX_UIDS_PER_COMMAND])
+            response = await self._ok("fetch", _call("uid", "fetch", chunk, "(UID RFC822.SIZE)"))
+            for line in response.lines[:-1]:
+                uid, size = _UID_RE.search(bytes(line)), _SIZE_RE.search(bytes(line))
+                if uid and size:
+                    found[int(uid.group(1))] = int(size.group(1))
+        return found
+
     async def fetch(self, uids: Sequence[int]) -> list[RawMail]:
         """The raw bytes of these messages (without setting \\Seen), in UID order."""
         folder = self._require_selected()

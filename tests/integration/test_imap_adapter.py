@@ -199,6 +199,16 @@ async def test_fetch_skips_uids_that_are_gone(client: ImapClient, mailbox: Mailb
     assert [m.uid for m in fetched] == [uid]
 
 
+async def test_sizes_are_the_bytes_fetch_returns(client: ImapClient, mailbox: Mailbox) -> None:
+    bodies = [mail(1), mail(2, b"y" * 250_000 + b"\r\n")]
+    uids = [mailbox.append(body) for body in bodies]
+    await client.select("INBOX")
+
+    sizes = await client.sizes([*uids, uids[-1] + 50])  # a UID that is gone is left out
+
+    assert sizes == {uid: len(body) for uid, body in zip(uids, bodies, strict=True)}
+
+
 async def test_search_unsettled_excludes_settled_and_deleted(
     client: ImapClient, mailbox: Mailbox
 ) -> None:
