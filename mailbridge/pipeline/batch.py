@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -13,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailbridge.adapters.db import store
 from mailbridge.pipeline.process import (
-    Lookups,
     Processor,
     StageTracker,
     advance_checkpoint,
@@ -21,7 +20,8 @@ from mailbridge.pipeline.process import (
     held_results,
     log_result,
 )
-from mailbridge.records import CustomerView, Intake, OutgoingMail, ParsedMail, ProcessResult
+from mailbridge.pipeline.transaction import OpenTransaction, Written
+from mailbridge.records import CustomerView, Intake, ParsedMail, ProcessResult
 
 log = structlog.get_logger(__name__)
 
@@ -67,7 +67,7 @@ async def process_batch(
     return handled
 
 
-class BatchLookups(Lookups):
+class BatchTransaction(OpenTransaction):
     """The plan's sender reads for a whole batch: one query each, for every sender at once.
 
     Counts of automatic mail are those of the first look plus what this batch has queued
@@ -75,6 +75,7 @@ class BatchLookups(Lookups):
     """
 
     def __init__(self, senders: Iterable[str], recipients: Iterable[str]) -> None:
+        super().__init__()
         self.senders = {email.lower() for email in senders}
         self.recipients = {rcpt.lower() for rcpt in recipients}
         self.customers: dict[str, CustomerView] | None = None
@@ -98,14 +99,25 @@ class BatchLookups(Lookups):
             self.windows = len(moments)
         return list(self.counts.get(rcpt.lower(), [0] * self.windows))
 
-    def queued(self, mail: OutgoingMail) -> None:
+    def queued(self, recipients: Iterable[str]) -> None:
         if self.counts is None:
             return  # not looked yet: the first look will count it
-        for rcpt in mail.rcpt_to:
+        for rcpt in recipients:
             key = rcpt.lower()
             if key in self.recipients:
                 counts = self.counts.get(key, [0] * self.windows)
                 self.counts[key] = [count + 1 for count in counts]
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One message's place in the open batch: what was written, or what was held already."""
+
+    intake: Intake
+    key: str
+    message_id: str | None
+    outcome: Written | ProcessResult
+    seconds: float
 
 
 async def _in_one_transaction(
@@ -115,52 +127,86 @@ async def _in_one_transaction(
     beat: Callable[[], None],
 ) -> list[Handled]:
     keys = [dedupe_key(intake.data) for intake in intakes]
-    handled: list[Handled] = []
     async with processor.sessions.begin() as session:
         known = await held_results(session, [key for key, _message_id in keys])
-        # Parsed first, so that one query per batch answers the plan's questions about senders.
-        parsed: dict[int, ParsedMail] = {}
-        parse_seconds: dict[int, float] = {}
-        for index, (intake, (key, _message_id)) in enumerate(zip(intakes, keys, strict=True)):
-            if stop is not None and stop.is_set():
-                break
-            if key not in known:
-                began = time.perf_counter()
-                parsed[index] = await processor.parse(intake.data)
-                parse_seconds[index] = time.perf_counter() - began
-                beat()
-        lookups = BatchLookups(
+        parsed, parse_seconds = await _parse_all(processor, intakes, keys, known, stop, beat)
+        txn = BatchTransaction(
             (mail.requester.key for mail in parsed.values() if mail.requester),
             (mail.reply_address.key for mail in parsed.values() if mail.reply_address),
         )
         # A stop asked for while parsing ends the batch at the messages parsed so far: those
         # are written (milliseconds), committed and settled; the rest wait for the next start.
+        steps: list[_Step] = []
+        written: dict[str, Written] = {}  # a second copy later in this batch is a duplicate
         for index, (intake, (key, message_id)) in enumerate(zip(intakes, keys, strict=True)):
             began = time.perf_counter()
+            outcome: Written | ProcessResult
             if key in known:
-                result = replace(known[key], duplicate=True)
+                outcome = replace(known[key], duplicate=True)
+            elif key in written:
+                outcome = written[key]
             elif index not in parsed:
                 break
             else:
                 with structlog.contextvars.bound_contextvars(
                     mailbox=intake.mailbox, uid=intake.uid, message_id=message_id
                 ):
-                    result = await processor.write_one(
+                    outcome = written[key] = await processor.write_one(
                         session, intake, key, parsed.pop(index), StageTracker("screen"),
-                        lookups=lookups,
+                        txn=txn,
                     )  # fmt: skip
-                known[key] = result  # a second copy later in this batch is a duplicate
             seconds = time.perf_counter() - began + parse_seconds.get(index, 0.0)
-            handled.append(Handled(intake, result, seconds))
+            steps.append(_Step(intake, key, message_id, outcome, seconds))
             beat()
-        await advance_checkpoint(session, (item.intake for item in handled))
-    for item, (_key, message_id) in zip(handled, keys, strict=False):
-        intake = item.intake
+        await processor.writer.finish(session, txn)
+        await advance_checkpoint(session, (step.intake for step in steps))
+        await session.flush()
+        handled = _results(steps)
+    for step, item in zip(steps, handled, strict=True):
         with structlog.contextvars.bound_contextvars(
-            mailbox=intake.mailbox, uid=intake.uid, message_id=message_id
+            mailbox=step.intake.mailbox, uid=step.intake.uid, message_id=step.message_id
         ):
             if item.result.duplicate:
                 log.info("message_already_held", inbound_id=item.result.inbound_id)
             else:
                 log_result(item.result)
+    return handled
+
+
+async def _parse_all(
+    processor: Processor,
+    intakes: Sequence[Intake],
+    keys: Sequence[tuple[str, str | None]],
+    known: Mapping[str, ProcessResult],
+    stop: asyncio.Event | None,
+    beat: Callable[[], None],
+) -> tuple[dict[int, ParsedMail], dict[int, float]]:
+    """The batch's new messages parsed, by index, until a stop is asked for; and how long
+    each took. Parsed first, so that one query per batch answers for every sender."""
+    parsed: dict[int, ParsedMail] = {}
+    seconds: dict[int, float] = {}
+    for index, (intake, (key, _message_id)) in enumerate(zip(intakes, keys, strict=True)):
+        if stop is not None and stop.is_set():
+            break
+        if key not in known:
+            began = time.perf_counter()
+            parsed[index] = await processor.parse(intake.data)
+            seconds[index] = time.perf_counter() - began
+            beat()
+    return parsed, seconds
+
+
+def _results(steps: Sequence[_Step]) -> list[Handled]:
+    """Each step's result, now that its rows are flushed and have their ids and numbers."""
+    handled: list[Handled] = []
+    resolved: set[str] = set()
+    for step in steps:
+        if isinstance(step.outcome, Written):
+            result = step.outcome.result()
+            if step.key in resolved:
+                result = replace(result, duplicate=True)
+            resolved.add(step.key)
+        else:
+            result = step.outcome
+        handled.append(Handled(step.intake, result, step.seconds))
     return handled

@@ -17,6 +17,7 @@ from mailbridge.pipeline.language import template_language
 from mailbridge.pipeline.quotes import strip_quoted
 from mailbridge.pipeline.render import AckContext, render_ack, render_cc_rejection
 from mailbridge.pipeline.thread import format_number
+from mailbridge.pipeline.transaction import OpenTransaction, WaitingTicket, Written
 from mailbridge.records import (
     Action,
     Decision,
@@ -25,7 +26,6 @@ from mailbridge.records import (
     ParsedMail,
     Plan,
     Priority,
-    ProcessResult,
     TicketType,
 )
 from mailbridge.settings import Settings
@@ -40,12 +40,16 @@ class TicketWriter:
         self.clock = clock
 
     async def write(
-        self, session: AsyncSession, inbound: InboundMessage, plan: Plan
-    ) -> tuple[ProcessResult, OutgoingMail | None]:
-        """The rows for one message, and the mail it queued if any; the caller commits.
+        self,
+        session: AsyncSession,
+        inbound: InboundMessage,
+        plan: Plan,
+        txn: OpenTransaction,
+    ) -> Written:
+        """Add the rows for one message to the session; `finish` completes them.
 
-        `inbound` may be new (not yet in the session): it is inserted once its outcome is set,
-        so it costs one INSERT and no UPDATE.
+        Nothing is flushed here: a batch's rows are inserted together, each table in one
+        statement. A new ticket waits in `txn` for the id its number is made from.
         """
         decision = plan.decision
         verdict = decision.verdict
@@ -54,37 +58,53 @@ class TicketWriter:
             {"rule": r.rule, "detail": r.detail, "kind": "no_answer"}
             for r in plan.answer_suppressions
         ]
+        session.add(inbound)
         if verdict.action is Action.REJECT:
             inbound.outcome = Outcome.REJECTED.value
             if not plan.answer_suppressions:
-                reply = self.render_cc_rejection(decision)
-                # Its Message-ID comes from theirs (or their content when they sent none): a
-                # copy that differs only in its routing headers was answered already.
-                if await store.outbox_has(session, reply.message_id):
-                    inbound.reasons = [
-                        *inbound.reasons,
-                        {
-                            "rule": "already_answered",
-                            "detail": reply.message_id,
-                            "kind": "no_answer",
-                        },
-                    ]
-                else:
-                    inbound_id = await self._inbound_id(session, inbound)
-                    self._queue(session, reply, None, inbound_id)
-                    return ProcessResult(Outcome.REJECTED, inbound_id), reply
-            return ProcessResult(Outcome.REJECTED, await self._inbound_id(session, inbound)), None
+                await self._answer_cc(session, inbound, decision, txn)
+            return Written(Outcome.REJECTED, inbound)
         await self._store_attachments(decision.parsed)
         if decision.thread.ticket_number is not None:
-            return await self._follow_up(session, inbound, decision), None
-        return await self._new_ticket(session, inbound, plan)
+            return await self._follow_up(session, inbound, decision)
+        return await self._new_ticket(session, inbound, plan, txn)
 
-    @staticmethod
-    async def _inbound_id(session: AsyncSession, inbound: InboundMessage) -> int:
-        """Insert (or update) the inbound row now that its outcome is known; its id."""
-        session.add(inbound)
+    async def finish(self, session: AsyncSession, txn: OpenTransaction) -> None:
+        """Insert what waits, then number the new tickets and queue their acknowledgements."""
+        if not txn.waiting:
+            return
+        await session.flush()  # the ids are the ticket numbers' source
+        for waiting in txn.waiting:
+            ticket = waiting.ticket
+            ticket.number = format_number(self.settings.tickets.number_format, ticket.id)
+            if waiting.decision is not None:
+                ack = self.render_ack(waiting.decision, ticket.number)
+                session.add(
+                    store.outbox_row(ack, ticket_id=ticket.id, inbound_id=waiting.inbound.id)
+                )
+        txn.waiting.clear()
         await session.flush()
-        return inbound.id
+
+    async def _answer_cc(
+        self,
+        session: AsyncSession,
+        inbound: InboundMessage,
+        decision: Decision,
+        txn: OpenTransaction,
+    ) -> None:
+        reply = self.render_cc_rejection(decision)
+        # Its Message-ID comes from theirs (or their content when they sent none): a copy
+        # that differs only in its routing headers was answered already.
+        if await store.outbox_has(session, reply.message_id):
+            inbound.reasons = [
+                *inbound.reasons,
+                {"rule": "already_answered", "detail": reply.message_id, "kind": "no_answer"},
+            ]
+            return
+        row = store.outbox_row(reply, ticket_id=None, inbound_id=None)
+        row.inbound = inbound
+        session.add(row)
+        txn.queued(reply.rcpt_to)
 
     async def _store_attachments(self, parsed: ParsedMail) -> None:
         # Bytes first, rows after: a crash leaves an orphan file, never a row without bytes.
@@ -93,25 +113,25 @@ class TicketWriter:
 
     async def _follow_up(
         self, session: AsyncSession, inbound: InboundMessage, decision: Decision
-    ) -> ProcessResult:
+    ) -> Written:
         number = decision.thread.ticket_number or ""
         ticket = await store.ticket_by_number(session, number)
         if ticket is None:
             raise PermanentError("thread", f"ticket {number} vanished while joining it")
         parsed = decision.parsed
-        display = strip_quoted(parsed.body_text)
         ticket.updated_at = utcnow()
         if ticket.status != "open":
             ticket.status = "open"  # a customer writing again reopens a solved ticket
         inbound.ticket_id = ticket.id
         inbound.outcome = Outcome.FOLLOW_UP.value
-        inbound_id = await self._inbound_id(session, inbound)
-        session.add(store.new_message(ticket.id, inbound_id, parsed, display))
-        return ProcessResult(Outcome.FOLLOW_UP, inbound_id, ticket.number)
+        message = store.new_message(ticket.id, None, parsed, strip_quoted(parsed.body_text))
+        message.inbound = inbound
+        session.add(message)
+        return Written(Outcome.FOLLOW_UP, inbound, number=ticket.number)
 
     async def _new_ticket(
-        self, session: AsyncSession, inbound: InboundMessage, plan: Plan
-    ) -> tuple[ProcessResult, OutgoingMail | None]:
+        self, session: AsyncSession, inbound: InboundMessage, plan: Plan, txn: OpenTransaction
+    ) -> Written:
         decision = plan.decision
         parsed, verdict = decision.parsed, decision.verdict
         classification = decision.classification
@@ -133,24 +153,22 @@ class TicketWriter:
             cc_addresses=cc,
             linked_ticket_id=linked_id,
         )
-        session.add(ticket)
-        await session.flush()  # the id is the ticket number's source
-        ticket.number = format_number(self.settings.tickets.number_format, ticket.id)
         participants = {ticket.requester_email: "requester"} if ticket.requester_email else {}
         for address in ticket.cc_addresses:
             participants.setdefault(address, "cc")
         for email, role in participants.items():
-            session.add(TicketParticipant(ticket_id=ticket.id, email=email, role=role))
-        inbound.ticket_id = ticket.id
+            ticket.participants.append(TicketParticipant(email=email, role=role))
+        message = store.new_message(None, None, parsed, parsed.body_text)
+        message.inbound = inbound
+        ticket.messages.append(message)
+        inbound.ticket = ticket
         inbound.outcome = Outcome.TICKET_CREATED.value
-        inbound_id = await self._inbound_id(session, inbound)
-        session.add(store.new_message(ticket.id, inbound_id, parsed, parsed.body_text))
-        result = ProcessResult(Outcome.TICKET_CREATED, inbound_id, ticket.number)
-        if plan.answer_suppressions:
-            return result, None
-        ack = self.render_ack(decision, ticket.number)
-        self._queue(session, ack, ticket.id, inbound_id)
-        return result, ack
+        session.add(ticket)
+        answered = not plan.answer_suppressions
+        txn.waiting.append(WaitingTicket(ticket, inbound, decision if answered else None))
+        if answered and parsed.reply_address is not None:
+            txn.queued([parsed.reply_address.key])
+        return Written(Outcome.TICKET_CREATED, inbound, ticket=ticket)
 
     def render_ack(self, decision: Decision, number: str) -> OutgoingMail:
         parsed = decision.parsed
@@ -197,9 +215,3 @@ class TicketWriter:
             text=f"{parsed.subject}\n{parsed.body_text[:2000]}",
             tag=parsed.header("Content-Language"),
         )
-
-    @staticmethod
-    def _queue(
-        session: AsyncSession, mail: OutgoingMail, ticket_id: int | None, inbound_id: int
-    ) -> None:
-        session.add(store.outbox_row(mail, ticket_id=ticket_id, inbound_id=inbound_id))

@@ -23,8 +23,8 @@ from mailbridge.pipeline.parse import parse_message
 from mailbridge.pipeline.persist import TicketWriter
 from mailbridge.pipeline.screen import ScreenPolicy, screen
 from mailbridge.pipeline.thread import choose_thread, thread_hint
+from mailbridge.pipeline.transaction import OpenTransaction, Written
 from mailbridge.records import (
-    CustomerView,
     Decision,
     Intake,
     Outcome,
@@ -62,25 +62,6 @@ def dedupe_key(data: bytes) -> tuple[str, str | None]:
         if 2 < len(text) <= 500:
             return f"mid:{text}", text
     return f"sha256:{hashlib.sha256(data).hexdigest()}", None
-
-
-class Lookups:
-    """The plan's reads about a sender (customer record, automatic mail sent to them lately).
-
-    This one asks the database each time; a batch answers from one query per batch instead
-    (pipeline/batch.py) and is told of every mail queued, so its counts stay exact.
-    """
-
-    async def customer(self, session: AsyncSession, email: str | None) -> CustomerView | None:
-        return await store.customer_by_email(session, email)
-
-    async def sent_counts(
-        self, session: AsyncSession, rcpt: str, moments: Sequence[datetime]
-    ) -> list[int]:
-        return await store.outgoing_counts_since(session, rcpt, moments)
-
-    def queued(self, mail: OutgoingMail) -> None:
-        """A mail was added to the outbox in the open transaction."""
 
 
 async def held_results(session: AsyncSession, keys: Sequence[str]) -> dict[str, ProcessResult]:
@@ -145,15 +126,18 @@ class Processor:
         session: AsyncSession,
         parsed: ParsedMail,
         stage: StageTracker | None = None,
-        lookups: Lookups | None = None,
+        txn: OpenTransaction | None = None,
     ) -> Plan:
         """Every decision about a message, reading the database but writing nothing."""
         stage = stage or StageTracker()
-        lookups = lookups or Lookups()
+        txn = txn or OpenTransaction()
         stage.name = "screen"
         verdict = screen(parsed, self.policy)
         stage.name = "thread"
         hint = thread_hint(parsed, self.settings.tickets.number_format)
+        if (hint.referenced_ids or hint.ticket_numbers) and txn.waiting:
+            # A reply to a message of this same transaction: its ticket needs its number.
+            await self.writer.finish(session, txn)
         requester = parsed.requester
         thread = choose_thread(
             hint,
@@ -162,7 +146,7 @@ class Processor:
             sender=requester.key if requester else None,
         )
         stage.name = "classify"
-        customer = await lookups.customer(session, requester.key if requester else None)
+        customer = await txn.customer(session, requester.key if requester else None)
         classification = classify(
             parsed,
             self.settings.classify,
@@ -177,11 +161,11 @@ class Processor:
         )
         decision = Decision(parsed, verdict, classification, thread, language)
         stage.name = "persist"
-        suppressions = await self._answer_suppressions(session, parsed, verdict, lookups)
+        suppressions = await self._answer_suppressions(session, parsed, verdict, txn)
         return Plan(decision, customer, suppressions)
 
     async def _answer_suppressions(
-        self, session: AsyncSession, parsed: ParsedMail, verdict: Verdict, lookups: Lookups
+        self, session: AsyncSession, parsed: ParsedMail, verdict: Verdict, txn: OpenTransaction
     ) -> tuple[Reason, ...]:
         reasons = list(verdict.suppressions)
         if not self.settings.ack.enabled:
@@ -194,7 +178,7 @@ class Processor:
             ("rate_cap_hour", timedelta(hours=1), self.settings.ack.max_per_recipient_hour),
             ("rate_cap_day", timedelta(days=1), self.settings.ack.max_per_recipient_day),
         )
-        counts = await lookups.sent_counts(
+        counts = await txn.sent_counts(
             session, address.key, [now - window for _rule, window, _cap in caps]
         )
         for (rule, _window, cap), sent in zip(caps, counts, strict=True):
@@ -251,9 +235,15 @@ class Processor:
         stage = StageTracker("parse")
         try:
             parsed = await self.parse(intake.data)
+            txn = OpenTransaction()
             async with self.sessions.begin() as session:
-                result = await self.write_one(session, intake, key, parsed, stage, existing_id)
+                written = await self.write_one(
+                    session, intake, key, parsed, stage, existing_id, txn
+                )
+                await self.writer.finish(session, txn)
                 await advance_checkpoint(session, [intake])
+                await session.flush()
+                result = written.result()
             log_result(result)
             return result
         except (TransientError, OperationalError, ConnectionError, TimeoutError) as error:
@@ -281,19 +271,17 @@ class Processor:
         parsed: ParsedMail,
         stage: StageTracker,
         existing_id: int | None = None,
-        lookups: Lookups | None = None,
-    ) -> ProcessResult:
-        """Plan and write one parsed message in the caller's transaction; errors propagate."""
-        lookups = lookups or Lookups()
-        plan = await self.plan(session, parsed, stage, lookups)
+        txn: OpenTransaction | None = None,
+    ) -> Written:
+        """Plan one parsed message and add its rows to the caller's transaction, which then
+        calls `writer.finish` and flushes; errors propagate."""
+        txn = txn or OpenTransaction()
+        plan = await self.plan(session, parsed, stage, txn)
         if existing_id is None:
             inbound = self._inbound_row(intake, key, parsed.message_id, state="done")
         else:
             inbound = await self._reopen(session, existing_id)
-        result, queued = await self.writer.write(session, inbound, plan)
-        if queued is not None:
-            lookups.queued(queued)
-        return result
+        return await self.writer.write(session, inbound, plan, txn)
 
     async def _reopen(self, session: AsyncSession, inbound_id: int) -> InboundMessage:
         row = await session.get(InboundMessage, inbound_id, with_for_update=True)

@@ -74,6 +74,9 @@ class InboundMessage(Base):
 
     __table_args__ = (Index("ix_inbound_location", "mailbox", "uidvalidity", "uid"),)
 
+    # Set on new rows so one flush fills the foreign key; never loaded (lazy="raise").
+    ticket: Mapped[Ticket | None] = relationship(lazy="raise")
+
 
 class Ticket(Base):
     """A ticket; its number is formatted from the id, which neither database ever reuses."""
@@ -137,6 +140,7 @@ class TicketMessage(Base):
 
     ticket: Mapped[Ticket] = relationship(back_populates="messages")
     attachments: Mapped[list[AttachmentRow]] = relationship(order_by="AttachmentRow.id")
+    inbound: Mapped[InboundMessage | None] = relationship(lazy="raise")
 
 
 class AttachmentRow(Base):
@@ -177,6 +181,8 @@ class Outbox(Base):
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (Index("ix_outbox_rcpt_created", "rcpt_to", "created_at"),)
+
+    inbound: Mapped[InboundMessage | None] = relationship(lazy="raise")
 
 
 class Customer(Base):

@@ -267,8 +267,9 @@ def new_ticket(
 
 
 def new_message(
-    ticket_id: int, inbound_id: int | None, parsed: ParsedMail, display_text: str
+    ticket_id: int | None, inbound_id: int | None, parsed: ParsedMail, display_text: str
 ) -> TicketMessage:
+    """A ticket's message; ids left None are filled from relationships at the flush."""
     sender = parsed.requester
     return TicketMessage(
         ticket_id=ticket_id,
