@@ -4,22 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mailbridge.adapters.blobs import BlobStore
 from mailbridge.adapters.db.engine import check_schema, make_engine, make_sessionmaker, upgrade
-from mailbridge.adapters.http import HttpServer
-from mailbridge.adapters.oauth import OAuthUnavailable, TokenSource, token_source
-from mailbridge.adapters.smtp import SmtpSender
-from mailbridge.adapters.systemd import Notifier
-from mailbridge.daemon import Daemon, ServiceOutbox
-from mailbridge.mailbox_worker import MailboxWorker
-from mailbridge.metrics import Metrics
 from mailbridge.pipeline import render
 from mailbridge.pipeline.process import Processor
 from mailbridge.settings import (
@@ -30,6 +23,15 @@ from mailbridge.settings import (
     SmtpSettings,
 )
 
+if TYPE_CHECKING:
+    # `ingest` and the admin commands build an App too: the daemon, the IMAP and SMTP
+    # clients, the HTTP server, OAuth and Prometheus are imported where they are first used.
+    from mailbridge.adapters.http import HttpServer
+    from mailbridge.adapters.oauth import TokenSource
+    from mailbridge.adapters.systemd import Notifier
+    from mailbridge.daemon import Daemon
+    from mailbridge.metrics import Metrics
+
 log = structlog.get_logger(__name__)
 
 
@@ -38,6 +40,8 @@ def make_token_sources(settings: Settings) -> dict[tuple[str, str], TokenSource]
 
     Raises ConfigError when a provider's library (the `oauth` extra) is missing.
     """
+    from mailbridge.adapters.oauth import OAuthUnavailable, token_source
+
     sources: dict[tuple[str, str], TokenSource] = {}
     wanted: list[tuple[str, str, str, ImapSettings | SmtpSettings]] = [
         ("imap", name, "imap" if name == DEFAULT_ACCOUNT else f"accounts.{name}", account)
@@ -65,7 +69,13 @@ class App:
     sessions: async_sessionmaker[AsyncSession]
     blobs: BlobStore
     processor: Processor
-    metrics: Metrics = field(default_factory=Metrics)
+
+    @cached_property
+    def metrics(self) -> Metrics:
+        """Made on first use (the daemon, the HTTP endpoint): one-shot commands never count."""
+        from mailbridge.metrics import Metrics
+
+        return Metrics()
 
     @cached_property
     def token_sources(self) -> dict[tuple[str, str], TokenSource]:
@@ -74,6 +84,10 @@ class App:
 
     def daemon(self, *, notifier: Notifier | None = None, **worker_options: Any) -> Daemon:
         """Every folder of every account in its own worker, and the outbox worker."""
+        from mailbridge.adapters.smtp import SmtpSender
+        from mailbridge.daemon import Daemon, ServiceOutbox
+        from mailbridge.mailbox_worker import MailboxWorker
+
         stall = self.settings.daemon.stall_seconds
         workers = [
             MailboxWorker(
@@ -110,6 +124,7 @@ class App:
         if not http.enabled:
             yield None
             return
+        from mailbridge.adapters.http import HttpServer
         from mailbridge.health import Endpoints
 
         endpoints = Endpoints(daemon, self.engine, self.sessions, self.metrics, self.token_sources)

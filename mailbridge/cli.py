@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import wraps
 from pathlib import Path
-from typing import Any, NoReturn, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar
 
 import click
-import structlog
-from sqlalchemy.exc import InterfaceError, OperationalError
 
-from mailbridge import __version__, logs
-from mailbridge.adapters.allocator import return_large_blocks
-from mailbridge.adapters.db.engine import (
-    SchemaError,
-    current_revision,
-    head_revision,
-    make_engine,
-    upgrade,
-)
-from mailbridge.adapters.systemd import Notifier
-from mailbridge.app import open_app, upgrade_schema
+from mailbridge import __version__
 from mailbridge.errors import TransientError
-from mailbridge.settings import ConfigError, Settings, load_settings, redacted
+
+if TYPE_CHECKING:
+    from mailbridge.settings import Settings
+
+# Start-up cost is per message under an MTA pipe (`ingest -`), and `--help` or `config check`
+# should not pay for a database driver: this module and the command modules import only
+# click and light helpers at the top; each command imports what it uses (SQLAlchemy,
+# pydantic settings, structlog, the daemon, the IMAP and SMTP clients) in its body.
+# tests/unit/test_startup.py keeps it that way.
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -35,7 +29,6 @@ EXIT_USAGE = 2
 EXIT_TEMPFAIL = 75  # sysexits.h EX_TEMPFAIL: an MTA keeps the message and retries
 
 T = TypeVar("T")
-log = structlog.get_logger(__name__)
 
 
 class CommandError(click.ClickException):
@@ -87,6 +80,8 @@ class Context:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
+            from mailbridge.settings import ConfigError, load_settings
+
             try:
                 self._settings = load_settings(self.config)
             except ConfigError as error:
@@ -99,6 +94,8 @@ class Context:
 
     def open_log(self) -> None:
         """Log to stderr, or append to `log.file`; called again on SIGHUP (after logrotate)."""
+        from mailbridge import logs
+
         settings = self.settings
         stream: TextIO | None = None
         if settings.log.file is not None:
@@ -117,6 +114,14 @@ def run_async(function: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., 
 
     @wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> T:
+        import asyncio
+        import socket
+
+        from sqlalchemy.exc import InterfaceError, OperationalError
+
+        from mailbridge.adapters.db.engine import SchemaError
+        from mailbridge.settings import ConfigError
+
         try:
             return asyncio.run(function(*args, **kwargs))
         except SchemaError as error:
@@ -177,6 +182,13 @@ async def run(context: Context, once: bool) -> None:
     (within daemon.shutdown_timeout_seconds). SIGHUP reopens the log file and reloads the
     templates. Under systemd (Type=notify) it reports READY, STATUS and WATCHDOG.
     """
+    import structlog
+
+    from mailbridge.adapters.allocator import return_large_blocks
+    from mailbridge.adapters.systemd import Notifier
+    from mailbridge.app import open_app, upgrade_schema
+
+    log = structlog.get_logger(__name__)
     return_large_blocks()
     settings = context.settings
     if settings.database.upgrade_on_start:
@@ -215,6 +227,8 @@ def db() -> None:
 @run_async
 async def db_upgrade(context: Context, revision: str) -> None:
     """Apply the schema migrations (safe to run on every start)."""
+    from mailbridge.adapters.db.engine import current_revision, head_revision, make_engine, upgrade
+
     url = context.settings.database_url
     engine = make_engine(url)
     try:
@@ -234,6 +248,8 @@ def config_group() -> None:
 @pass_context
 def config_check(context: Context) -> None:
     """Validate the settings and print the effective values, secrets redacted."""
+    from mailbridge.settings import redacted
+
     click.echo(json.dumps(redacted(context.settings), indent=2, default=str))
 
 

@@ -12,18 +12,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich import box
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from mailbridge.adapters.db import queries
-from mailbridge.app import open_app
 from mailbridge.cli import Context, fail, main, pass_context, run_async, run_command
-from mailbridge.settings import Settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from mailbridge.adapters.db import queries
+    from mailbridge.settings import Settings
 
 _AGE = re.compile(r"^\s*(\d{1,6})\s*([smhdw])\s*$", re.IGNORECASE)
 _AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -77,12 +76,16 @@ def plain(value: Any) -> Any:
 
 
 def iso(moment: datetime | None) -> str | None:
+    from mailbridge.adapters.db import queries
+
     moment = queries.aware(moment)
     return moment.astimezone(UTC).isoformat() if moment else None
 
 
 def when(moment: datetime | None) -> str:
     """A moment for people: local time, to the minute."""
+    from mailbridge.adapters.db import queries
+
     moment = queries.aware(moment)
     return moment.astimezone().strftime("%Y-%m-%d %H:%M %Z") if moment else "-"
 
@@ -98,6 +101,8 @@ def first_line(text: str | None, limit: int = 100) -> str:
 
 def console(*, stderr: bool = False) -> Console:
     """A Rich console on the current stdout (or stderr); plain and wide when not a terminal."""
+    from rich.console import Console
+
     stream = sys.stderr if stderr else sys.stdout
     tty = stream.isatty()
     columns = os.environ.get("COLUMNS", "")
@@ -108,6 +113,10 @@ def console(*, stderr: bool = False) -> Console:
 
 
 def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for column in columns:
         table.add_column(column, overflow="fold")
@@ -145,6 +154,9 @@ async def outbox_list(
       mailbridge outbox list --state failed
       mailbridge outbox list --json | jq '.[] | select(.uncertain)'
     """
+    from mailbridge.adapters.db import queries
+    from mailbridge.app import open_app
+
     async with open_app(context.settings) as app, app.sessions() as session:
         rows = await queries.list_outbox(session, state=state, limit=limit)
     if as_json:
@@ -188,6 +200,9 @@ async def outbox_retry(context: Context, ids: tuple[int, ...], retry_all: bool) 
       mailbridge outbox retry 17 18
       mailbridge outbox retry --all && mailbridge run --once
     """
+    from mailbridge.adapters.db import queries
+    from mailbridge.app import open_app
+
     if bool(ids) == retry_all:
         raise click.UsageError("give outbox IDs or --all (not both)")
     async with open_app(context.settings) as app, app.sessions.begin() as session:
@@ -225,6 +240,8 @@ class CsvError(Exception):
 
 def parse_customers(text: str) -> tuple[list[queries.CustomerRecord], frozenset[str]]:
     """Validate a whole customers CSV; returns the records and the columns it has."""
+    from mailbridge.adapters.db import queries
+
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
     if not header or not any(cell.strip() for cell in header):
@@ -314,6 +331,9 @@ def customers_import(context: Context, file: Path) -> None:
 async def _upsert(
     settings: Settings, records: list[queries.CustomerRecord], columns: frozenset[str]
 ) -> tuple[int, int]:
+    from mailbridge.adapters.db import queries
+    from mailbridge.app import open_app
+
     async with open_app(settings) as app, app.sessions.begin() as session:
         return await queries.upsert_customers(session, records, columns)
 
@@ -330,6 +350,9 @@ async def customers_list(context: Context, as_json: bool) -> None:
       mailbridge customers list
       mailbridge customers list --json > customers.json
     """
+    from mailbridge.adapters.db import queries
+    from mailbridge.app import open_app
+
     async with open_app(context.settings) as app, app.sessions() as session:
         rows = await queries.list_customers(session)
     if as_json:

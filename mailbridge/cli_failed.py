@@ -10,18 +10,19 @@ from datetime import datetime
 from email import message_from_bytes, policy
 from email.header import decode_header, make_header
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.progress import Progress
 
-from mailbridge.adapters.db import queries
-from mailbridge.app import App, open_app
 from mailbridge.cli import EXIT_ERROR, Context, fail, main, pass_context, run_async, run_command
 from mailbridge.cli_admin import SINCE, console, emit_json, first_line, plain, print_table, when
 from mailbridge.errors import TransientError
 from mailbridge.records import Outcome
 from mailbridge.report import describe_plan, describe_result, predicted_outcome
+
+if TYPE_CHECKING:
+    from mailbridge.adapters.db import queries
+    from mailbridge.app import App
 
 KEY_HEADERS = ("From", "To", "Cc", "Subject", "Date", "Message-ID")
 _PROGRESS_FROM = 5  # messages; fewer finish before a bar would help
@@ -96,6 +97,9 @@ async def failed_list(
       mailbridge failed list --error UnicodeDecodeError --json
       mailbridge failed list --all-states          # discarded ones too
     """
+    from mailbridge.adapters.db import queries
+    from mailbridge.app import open_app
+
     async with open_app(context.settings) as app, app.sessions() as session:
         rows = await queries.list_inbound(
             session,
@@ -137,6 +141,8 @@ async def failed_list(
 
 
 async def _record(app: App, inbound_id: int, *, raw: bool = False) -> queries.InboundRecord:
+    from mailbridge.adapters.db import queries
+
     async with app.sessions() as session:
         record = await queries.get_inbound(session, inbound_id, raw=raw)
     if record is None:
@@ -162,6 +168,8 @@ async def failed_show(context: Context, inbound_id: int, raw: bool, as_json: boo
       mailbridge failed show 42 --raw > 42.eml
       mailbridge failed show 42 --raw | mailbridge inspect -
     """
+    from mailbridge.app import open_app
+
     async with open_app(context.settings) as app:
         record = await _record(app, inbound_id, raw=raw)
     if raw:
@@ -240,6 +248,8 @@ async def _targets(
     stage: str | None,
     error: str | None,
 ) -> list[queries.InboundRecord]:
+    from mailbridge.adapters.db import queries
+
     async with app.sessions() as session:
         if not ids:
             return await queries.list_inbound(session, since=since, stage=stage, error=error)
@@ -285,6 +295,10 @@ async def failed_replay(
     Exit 0 when every message replayed (or, with --dry-run, was predicted), 1 when any is
     still failing, 75 when the database is away.
     """
+    from rich.progress import Progress
+
+    from mailbridge.app import open_app
+
     selecting = replay_all or since is not None or stage is not None or error is not None
     if bool(ids) == selecting:
         raise click.UsageError("give message IDs, or --all / --since / --stage / --error")
@@ -316,6 +330,8 @@ async def failed_replay(
 
 async def _replay_one(app: App, record: queries.InboundRecord, dry_run: bool) -> tuple[str, str]:
     """One message's line and its kind for the summary."""
+    from mailbridge.adapters.db import queries
+
     if record.state != "failed":
         outcome = record.outcome or record.state
         ticket = f" {record.ticket_number}" if record.ticket_number else ""
@@ -366,6 +382,9 @@ async def failed_discard(context: Context, ids: tuple[int, ...], reason: str) ->
       mailbridge failed discard 42 --reason "spam, not a customer"
       mailbridge failed discard 42 43 --reason "duplicate of MB-000120"
     """
+    from mailbridge.adapters.db import queries
+    from mailbridge.app import open_app
+
     if not reason.strip():
         raise click.BadParameter("must not be empty", param_hint="--reason")
     async with open_app(context.settings) as app, app.sessions.begin() as session:
@@ -412,5 +431,7 @@ def failed_export(context: Context, ids: tuple[int, ...], directory: Path) -> No
 
 
 async def _load(context: Context, ids: tuple[int, ...]) -> list[queries.InboundRecord]:
+    from mailbridge.app import open_app
+
     async with open_app(context.settings) as app:
         return [await _record(app, inbound_id, raw=True) for inbound_id in ids]

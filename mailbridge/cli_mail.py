@@ -6,17 +6,17 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from sqlalchemy.engine import make_url
 
-from mailbridge.adapters.db.engine import make_engine, upgrade
-from mailbridge.app import open_app
 from mailbridge.cli import EXIT_TEMPFAIL, Context, fail, main, pass_context, run_async
 from mailbridge.errors import TransientError
 from mailbridge.records import Intake
 from mailbridge.report import describe_failure, describe_plan, describe_result
-from mailbridge.settings import DatabaseSettings, Settings
+
+if TYPE_CHECKING:
+    from mailbridge.settings import Settings
 
 
 def read_input(name: str) -> bytes:
@@ -45,6 +45,8 @@ async def ingest(context: Context, files: tuple[str, ...]) -> None:
     record); 75 (EX_TEMPFAIL) when the database or disk is away, so the MTA retries later;
     1 when a file cannot be read.
     """
+    from mailbridge.app import open_app
+
     inputs = [(name, read_input(name)) for name in files]
     try:
         async with open_app(context.settings) as app:
@@ -58,6 +60,9 @@ async def ingest(context: Context, files: tuple[str, ...]) -> None:
 
 async def _scratch_settings(settings: Settings, directory: str) -> Settings:
     """An empty, migrated SQLite beside the real one, for inspecting before `db upgrade`."""
+    from mailbridge.adapters.db.engine import make_engine, upgrade
+    from mailbridge.settings import DatabaseSettings
+
     url = f"sqlite+aiosqlite:///{Path(directory) / 'inspect.db'}"
     engine = make_engine(url)
     try:
@@ -68,6 +73,8 @@ async def _scratch_settings(settings: Settings, directory: str) -> Settings:
 
 
 def _database_missing(settings: Settings) -> bool:
+    from sqlalchemy.engine import make_url
+
     url = make_url(settings.database_url)
     return url.get_backend_name() == "sqlite" and not Path(url.database or "").exists()
 
@@ -88,6 +95,8 @@ async def inspect(context: Context, file: str, as_json: bool) -> None:
     Uses the daemon's own pipeline, reading tickets and customers for threading and
     priority. Exit 0 whenever a decision was made (rejection and quarantine included).
     """
+    from mailbridge.app import open_app
+
     data = read_input(file)
     settings = context.settings
     with tempfile.TemporaryDirectory(prefix="mailbridge-inspect-") as scratch:

@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from mailbridge import logs
-from mailbridge.adapters.db.engine import make_engine
-from mailbridge.adapters.imap import ImapClient
-from mailbridge.app import make_token_sources
 from mailbridge.cli import EXIT_ERROR, EXIT_OK, Context, main, pass_context, run_command
-from mailbridge.health import Check, database_check, imap_login_check
-from mailbridge.settings import HttpSettings, Settings
+
+if TYPE_CHECKING:
+    from mailbridge.health import Check
+    from mailbridge.settings import HttpSettings, Settings
 
 _LOCAL = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104 (mapping, not binding)
 
@@ -30,6 +28,8 @@ def endpoint_url(http: HttpSettings, path: str) -> str:
 
 def ask_endpoint(url: str, timeout: float) -> list[Check]:
     """GET a /healthz or /readyz URL; its checks, or one failed check saying why not."""
+    from mailbridge.health import Check
+
     if not url.startswith(("http://", "https://")):
         return [Check("http", False, f"not an http(s) URL: {url}")]
     try:
@@ -52,6 +52,11 @@ def ask_endpoint(url: str, timeout: float) -> list[Check]:
 async def direct_checks(settings: Settings) -> list[Check]:
     """Without a running daemon's endpoint: the database (and its schema) and a login to
     every mailbox account."""
+    from mailbridge.adapters.db.engine import make_engine
+    from mailbridge.adapters.imap import ImapClient
+    from mailbridge.app import make_token_sources
+    from mailbridge.health import database_check, imap_login_check
+
     engine = make_engine(settings.database_url)
     try:
         checks = [await database_check(engine, schema=True)]
@@ -78,6 +83,8 @@ def health(context: Context, ready: bool, url: str | None, timeout: float) -> No
     --ready, /readyz): every loop making progress and every folder polled recently.
     Otherwise it checks the database and logs in to every mailbox account itself.
     """
+    from mailbridge import logs
+
     settings = context.settings
     if settings.log.level == "info":
         logs.configure("warning", settings.log.format)  # the checks' lines are the report

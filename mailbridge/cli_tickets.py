@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import click
 
-from mailbridge.adapters.db import queries, ticket_queries
-from mailbridge.app import open_app
 from mailbridge.cli import Context, fail, main, pass_context, run_async
 from mailbridge.cli_admin import SINCE, emit_json, first_line, iso, print_table, when
 from mailbridge.records import TicketType
 from mailbridge.report import attachment_json
+
+if TYPE_CHECKING:
+    from mailbridge.adapters.db import queries, ticket_queries
 
 _EXCERPT = 400
 
@@ -54,6 +56,9 @@ async def tickets_list(
       mailbridge tickets list --department Billing --since 7d
       mailbridge tickets list --limit 500 --json > tickets.json
     """
+    from mailbridge.adapters.db import ticket_queries
+    from mailbridge.app import open_app
+
     async with open_app(context.settings) as app, app.sessions() as session:
         rows = await ticket_queries.list_tickets(
             session,
@@ -174,6 +179,9 @@ async def tickets_show(context: Context, number: str, as_json: bool) -> None:
       mailbridge tickets show MB-000042
       mailbridge tickets show MB-000042 --json | jq '.messages[].attachments'
     """
+    from mailbridge.adapters.db import ticket_queries
+    from mailbridge.app import open_app
+
     async with open_app(context.settings) as app, app.sessions() as session:
         detail = await ticket_queries.get_ticket(session, number)
     if detail is None:
