@@ -56,10 +56,10 @@ class ServiceOutbox(OutboxWorker):
         await super().run(stop)
 
     @override
-    async def _due(self, include_not_due: bool, seen: set[int]) -> list[Outbox]:
+    async def _due(self, include_not_due: bool, after: int) -> list[Outbox]:
         if self.halt.is_set():
             return []
-        return await super()._due(include_not_due, seen)
+        return await super()._due(include_not_due, after)
 
     @override
     async def _send_one(self, row: Outbox) -> DrainReport:

@@ -104,23 +104,28 @@ class OutboxWorker:
         self.last_progress = clock()
 
     async def drain(self, *, include_not_due: bool = False) -> DrainReport:
-        """Send every due row (every pending row when `include_not_due`), batch by batch."""
+        """Send every due row (every pending row when `include_not_due`), batch by batch.
+
+        One pass visits each row at most once, in id order: a row retried for later is not
+        picked up again by the same pass.
+        """
         total = DrainReport()
-        seen: set[int] = set()
+        after = 0
         while True:
-            rows = await self._due(include_not_due, seen)
+            rows = await self._due(include_not_due, after)
             if not rows:
                 return total
             for row in rows:
-                seen.add(row.id)
+                after = row.id
                 total = total + await self._send_one(row)
 
-    async def _due(self, include_not_due: bool, seen: set[int]) -> list[Outbox]:
-        query = select(Outbox).where(Outbox.state == "pending")
+    async def _due(self, include_not_due: bool, after: int) -> list[Outbox]:
+        # Keyset paging (id > the last one seen), not "id NOT IN (every id seen)": that list
+        # grew with the backlog, and each length was a new prepared statement kept by the
+        # driver (hundreds of MB after 20,000 acks, and SQLite's variable limit beyond).
+        query = select(Outbox).where(Outbox.state == "pending", Outbox.id > after)
         if not include_not_due:
             query = query.where(Outbox.next_attempt_at <= self.clock())
-        if seen:
-            query = query.where(Outbox.id.not_in(seen))
         async with self.sessions() as session:
             return list((await session.scalars(query.order_by(Outbox.id).limit(_BATCH))).all())
 

@@ -72,6 +72,36 @@ async def test_4xx_is_retried_until_sent(
     assert [m.message["Message-ID"] for m in smtp_sink.messages] == [row.message_id]
 
 
+async def test_one_pass_tries_every_row_once_beyond_a_page_of_rows(
+    database_url: str, tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    settings = settings_for(database_url, tmp_path, smtp_sink)
+    async with open_app(settings) as app, app.sessions.begin() as session:
+        for n in range(120):  # more than one page of due rows
+            session.add(
+                Outbox(
+                    kind="ack",
+                    message_id=f"<ack{n}@mailbridge.test>",
+                    mail_from=SUPPORT,
+                    rcpt_to=f"c{n}@customer.test",
+                    data=f"Subject: ack {n}\r\n\r\nhello\r\n".encode(),
+                )
+            )
+    smtp_sink.reply(451, "4.3.0 Try again later", stage="rcpt")
+
+    async with open_app(settings) as app:
+        worker = OutboxWorker(settings.smtp, app.sessions)
+        try:
+            report = await worker.drain(include_not_due=True)  # retried rows stay pending
+        finally:
+            await worker.close()
+        async with app.sessions() as session:
+            rows = (await session.scalars(select(Outbox))).all()
+
+    assert report.retried == 120
+    assert {(row.state, row.attempts) for row in rows} == {("pending", 1)}
+
+
 async def test_5xx_is_final_with_the_servers_reply(
     database_url: str, tmp_path: Path, smtp_sink: SmtpSink
 ) -> None:
