@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -77,8 +78,8 @@ class TicketWriter:
         for waiting in txn.waiting:
             ticket = waiting.ticket
             ticket.number = format_number(self.settings.tickets.number_format, ticket.id)
-            if waiting.decision is not None:
-                ack = self.render_ack(waiting.decision, ticket.number)
+            if waiting.ack is not None:
+                ack = self.render(replace(waiting.ack, ticket_number=ticket.number))
                 session.add(
                     store.outbox_row(ack, ticket_id=ticket.id, inbound_id=waiting.inbound.id)
                 )
@@ -165,19 +166,28 @@ class TicketWriter:
         inbound.outcome = Outcome.TICKET_CREATED.value
         session.add(ticket)
         answered = not plan.answer_suppressions
-        txn.waiting.append(WaitingTicket(ticket, inbound, decision if answered else None))
+        # The acknowledgement's words, not the message: its attachments need not wait too.
+        ack = self.ack_context(decision, "") if answered else None
+        txn.waiting.append(WaitingTicket(ticket, inbound, ack))
         if answered and parsed.reply_address is not None:
             txn.queued([parsed.reply_address.key])
         return Written(Outcome.TICKET_CREATED, inbound, ticket=ticket)
 
     def render_ack(self, decision: Decision, number: str) -> OutgoingMail:
+        return self.render(self.ack_context(decision, number))
+
+    def render(self, context: AckContext) -> OutgoingMail:
+        return render_ack(context, self.settings.ack, templates_dir=self.settings.ack.templates_dir)
+
+    def ack_context(self, decision: Decision, number: str) -> AckContext:
+        """What the acknowledgement says, taken from the message (none of its attachments)."""
         parsed = decision.parsed
         classification = decision.classification
         requester = parsed.reply_address
         assert requester is not None
         assert classification is not None
         received = self.clock()
-        context = AckContext(
+        return AckContext(
             ticket_number=number,
             subject=parsed.subject,
             requester=requester,
@@ -194,7 +204,6 @@ class TicketWriter:
             hours_text_inputs=self.settings.hours,
             omitted=parsed.omitted,
         )
-        return render_ack(context, self.settings.ack, templates_dir=self.settings.ack.templates_dir)
 
     def render_cc_rejection(self, decision: Decision) -> OutgoingMail:
         return render_cc_rejection(

@@ -10,17 +10,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailbridge.adapters.db import store
 from mailbridge.adapters.db.models import InboundMessage, Ticket
-from mailbridge.records import CustomerView, Decision, Outcome, ProcessResult
+from mailbridge.pipeline.render import AckContext
+from mailbridge.records import CustomerView, Outcome, ProcessResult
 
 
 @dataclass(frozen=True, slots=True)
 class WaitingTicket:
     """A ticket added in this transaction whose id, and so number, the database has not given
-    yet; `decision` is what its acknowledgement is rendered from (None: no answer is sent)."""
+    yet; `ack` is its acknowledgement but for the number (None: no answer is sent)."""
 
     ticket: Ticket
     inbound: InboundMessage
-    decision: Decision | None
+    ack: AckContext | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,16 +32,13 @@ class DatabaseUnavailable(TransientError):
 
 def _unreachable_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [OSError, TimeoutError]
-    try:
-        from asyncpg import exceptions as pg  # type: ignore[import-untyped]
-    except ImportError:  # pragma: no cover - asyncpg is a dependency
-        return tuple(errors)
-    # "the database system is starting up / shutting down", "too many clients"
-    errors += [pg.CannotConnectNowError, pg.TooManyConnectionsError]
+    # Only when PostgreSQL is in use (its dialect has imported asyncpg): asyncpg costs about
+    # 12 MB resident that a SQLite deployment should not carry.
+    pg = getattr(sys.modules.get("asyncpg"), "exceptions", None)
+    if pg is not None:
+        # "the database system is starting up / shutting down", "too many clients"
+        errors += [pg.CannotConnectNowError, pg.TooManyConnectionsError]
     return tuple(errors)
-
-
-_UNREACHABLE = _unreachable_errors()
 
 
 def _connect_or_transient(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
@@ -52,7 +50,7 @@ def _connect_or_transient(dialect: Any, _record: Any, cargs: Any, cparams: Any) 
     """
     try:
         return dialect.connect(*cargs, **cparams)
-    except _UNREACHABLE as error:
+    except _unreachable_errors() as error:
         detail = " ".join(str(error).split()) or type(error).__name__
         raise DatabaseUnavailable(f"database unreachable: {detail}") from error
 
