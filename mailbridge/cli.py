@@ -178,7 +178,7 @@ def main(ctx: click.Context, config: Path | None) -> None:
 async def run(context: Context, once: bool) -> None:
     """Run the daemon: IDLE on each folder of each account, make tickets, send acknowledgements.
 
-    SIGTERM or SIGINT lets the message in hand and the send in flight finish, then stops
+    SIGTERM or SIGINT lets the messages in hand and the send in flight finish, then stops
     (within daemon.shutdown_timeout_seconds). SIGHUP reopens the log file and reloads the
     templates. Under systemd (Type=notify) it reports READY, STATUS and WATCHDOG.
     """
@@ -278,6 +278,7 @@ def _register_admin_commands() -> None:
         "mailbridge.cli_mail",
         "mailbridge.cli_admin",
         "mailbridge.cli_failed",
+        "mailbridge.cli_replay",
         "mailbridge.cli_tickets",
         "mailbridge.cli_ops",
     ):

@@ -157,7 +157,7 @@ class Daemon:
     # --- running ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Until stopped: each worker finishes the message in hand, then everything closes,
+        """Until stopped: each worker finishes the messages in hand, then everything closes,
         within `shutdown_timeout_seconds` (what is still running then is cancelled)."""
         tasks = [asyncio.create_task(w.run(self.stop), name=w.key) for w in self.workers]
         tasks.append(asyncio.create_task(self.outbox.run(self.stop), name="outbox"))
@@ -176,7 +176,7 @@ class Daemon:
                 failure = task.exception() or RuntimeError(f"{task.get_name()} ended by itself")
                 log.error("loop_ended", loop=task.get_name(), error=repr(failure))
                 self.stop.set()
-            self.notifier.stopping("stopping: finishing the message in hand")
+            self.notifier.stopping("stopping: finishing the messages in hand")
             await self._finish(tasks)
         finally:
             for task in [*helpers, stopping, *tasks]:

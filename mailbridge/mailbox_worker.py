@@ -218,8 +218,8 @@ class MailboxWorker:
     async def drain(self, client: ImapClient, state: FolderState, stop: asyncio.Event) -> int:
         """Process every unsettled message, settling each batch only after its commits.
 
-        A stop request lets the message in hand finish; what was committed is settled, the
-        rest stays in the folder for the next start.
+        A stop request lets the messages in hand (those of the batch already parsed) finish;
+        what was committed is settled, the rest stays in the folder for the next start.
         """
         await self._note_uidvalidity(state)
         uids = await client.search_unsettled(self.imap.done_keyword)
@@ -235,9 +235,10 @@ class MailboxWorker:
             self.metrics.fetched.labels(mailbox=self.key).inc(len(fetched))
             self.liveness.beat()
             intakes = [Intake(r.data, "imap", self.key, r.uidvalidity, r.uid) for r in fetched]
-            for item in await process_batch(
+            handled_now = await process_batch(
                 self.processor, intakes, stop=stop, beat=self.liveness.beat
-            ):
+            ) if intakes else []  # fmt: skip
+            for item in handled_now:
                 assert item.intake.uid is not None
                 settled[item.intake.uid] = item.result.outcome
                 self._count(item.result, item.seconds)

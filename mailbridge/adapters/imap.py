@@ -13,12 +13,14 @@ from typing import Any
 import aioimaplib
 import structlog
 
-from mailbridge.adapters.imap_protocol import (
-    Imap4,
-    IterativeProtocol,
-    decode_mailbox,
-    encode_mailbox,
-    uid_set,
+from mailbridge.adapters.imap_protocol import Imap4, IterativeProtocol, encode_mailbox, uid_set
+from mailbridge.adapters.imap_replies import (
+    fetched_bodies,
+    has_news,
+    list_names,
+    message_sizes,
+    said_bye,
+    status_text,
 )
 from mailbridge.adapters.oauth import TokenSource
 from mailbridge.errors import TransientError
@@ -40,11 +42,6 @@ _LIBRARY_ERRORS: tuple[type[BaseException], ...] = (
 )
 _CLOSE_ERRORS: tuple[type[BaseException], ...] = (*_LIBRARY_ERRORS, RuntimeError)
 _KEYWORD_RE = re.compile(r"[^\s(){%*\"\\\]\x00-\x1f\x7f]+", re.ASCII)
-_FETCH_HEADER_RE = re.compile(rb"\d+ FETCH \(")
-_UID_RE = re.compile(rb"\bUID (\d+)")
-_SIZE_RE = re.compile(rb"\bRFC822\.SIZE (\d+)")
-_LIST_RE = re.compile(rb'\((?P<flags>[^)]*)\) (?:NIL|"(?:[^"\\]|\\.)*") (?P<name>.*)$')
-_PUSH_RE = re.compile(rb"(\d+) (EXISTS|RECENT|EXPUNGE)\b")
 
 
 class ImapError(TransientError):
@@ -69,25 +66,6 @@ def backoff_delay(attempt: int, cap: float, base: float = 1.0) -> float:
     """Seconds to wait before reconnect `attempt` (0-based): doubling, capped, half jittered."""
     ceiling = min(cap, base * 2.0 ** min(max(attempt, 0), 32))
     return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-
-def _text(response: Any) -> str:
-    """The tagged status text of a response, for error messages."""
-    lines = response.lines
-    last = lines[-1] if lines else b""
-    return bytes(last).decode("ascii", "replace")[:200]
-
-
-def _has_news(lines: Iterable[Any]) -> bool:
-    for line in lines:
-        match = _PUSH_RE.match(line) if isinstance(line, bytes) else None
-        if match and not (match.group(2) == b"RECENT" and match.group(1) == b"0"):
-            return True
-    return False
-
-
-def _said_bye(lines: Iterable[Any]) -> bool:
-    return any(isinstance(line, bytes) and line.startswith(b"BYE") for line in lines)
 
 
 def _check_keyword(keyword: str) -> None:
@@ -152,7 +130,7 @@ class ImapClient:
         await self._run("connect", lambda imap: imap.wait_hello_from_server())
         response = await self._login()
         if response.result != "OK":
-            text = _text(response)
+            text = status_text(response)
             await self._drop()
             self._log.warning("imap_login_refused", reply=text)
             if "[UNAVAILABLE]" in text:
@@ -187,10 +165,10 @@ class ImapClient:
                 await self._drop()
                 raise
             response = await self._run("authenticate", _call("xoauth2", settings.user, token))
-            if response.result == "OK" or "[UNAVAILABLE]" in _text(response):
+            if response.result == "OK" or "[UNAVAILABLE]" in status_text(response):
                 break
             if not fresh:
-                self._log.info("imap_token_refused", reply=_text(response))
+                self._log.info("imap_token_refused", reply=status_text(response))
         return response
 
     async def close(self) -> None:
@@ -245,7 +223,7 @@ class ImapClient:
         """`_run`, and anything but OK is a failure too."""
         response = await self._run(what, call)
         if response.result != "OK":
-            await self._fail(what, f"{response.result} {_text(response)}")
+            await self._fail(what, f"{response.result} {status_text(response)}")
         return response
 
     # --- folders ---------------------------------------------------------------------------
@@ -254,7 +232,7 @@ class ImapClient:
         """CREATE each folder that LIST does not show."""
         wanted = list(dict.fromkeys(names))
         response = await self._ok("list", lambda imap: imap.list('""', "*"))
-        existing = {_folder_key(name) for name in self._names(response.lines)}
+        existing = {_folder_key(name) for name in list_names(response.lines)}
         for name in wanted:
             if _folder_key(name) in existing:
                 continue
@@ -262,27 +240,8 @@ class ImapClient:
             created = await self._run("create", _call("create", encoded))
             if created.result == "OK":
                 self._log.info("imap_folder_created", folder=name)
-            elif "[ALREADYEXISTS]" not in _text(created):
-                await self._fail("create", f"{created.result} {_text(created)}")
-
-    @staticmethod
-    def _names(lines: Sequence[Any]) -> list[str]:
-        names: list[str] = []
-        for index, line in enumerate(lines[:-1]):
-            match = _LIST_RE.match(line) if isinstance(line, bytes) else None
-            if match is None:
-                continue
-            raw = match.group("name")
-            if (
-                raw.endswith(b"}")
-                and index + 1 < len(lines)
-                and isinstance(lines[index + 1], bytearray)
-            ):
-                raw = bytes(lines[index + 1])
-            elif raw.startswith(b'"') and raw.endswith(b'"'):
-                raw = re.sub(rb"\\(.)", rb"\1", raw[1:-1])
-            names.append(decode_mailbox(raw.decode("utf-8", "replace")))
-        return names
+            elif "[ALREADYEXISTS]" not in status_text(created):
+                await self._fail("create", f"{created.result} {status_text(created)}")
 
     async def select(self, folder: str) -> FolderState:
         """SELECT the folder; its UIDVALIDITY, UIDNEXT and message count."""
@@ -338,10 +297,7 @@ class ImapClient:
         for start in range(0, len(ordered), MAX_UIDS_PER_COMMAND):
             chunk = uid_set(ordered[start : start + MAX_UIDS_PER_COMMAND])
             response = await self._ok("fetch", _call("uid", "fetch", chunk, "(UID RFC822.SIZE)"))
-            for line in response.lines[:-1]:
-                uid, size = _UID_RE.search(bytes(line)), _SIZE_RE.search(bytes(line))
-                if uid and size:
-                    found[int(uid.group(1))] = int(size.group(1))
+            found.update(message_sizes(response.lines))
         return found
 
     async def fetch(self, uids: Sequence[int]) -> list[RawMail]:
@@ -354,24 +310,12 @@ class ImapClient:
             "fetch", lambda imap: imap.uid("fetch", uid_set(wanted), FETCH_ITEMS)
         )
         mails: dict[int, RawMail] = {}
-        header, body, tail = b"", None, b""
-        for line in [*response.lines[:-1], b"0 FETCH ("]:  # a sentinel header ends the last item
-            if isinstance(line, bytearray):
-                body = bytes(line) if body is None else body
-                continue
-            if not _FETCH_HEADER_RE.match(line):
-                tail += line
-                continue
-            uid_match = _UID_RE.search(header) or _UID_RE.search(tail)
-            if uid_match and body is not None and int(uid_match.group(1)) in wanted:
-                uid = int(uid_match.group(1))
-                size = _SIZE_RE.search(header + tail)
-                if size and int(size.group(1)) != len(body):
-                    self._log.warning(
-                        "imap_size_mismatch", uid=uid, size=int(size.group(1)), got=len(body)
-                    )
-                mails[uid] = RawMail(folder.name, folder.uidvalidity, uid, body)
-            header, body, tail = line, None, b""
+        for item in fetched_bodies(response.lines, wanted):
+            if item.declared_size is not None and item.declared_size != len(item.data):
+                self._log.warning(
+                    "imap_size_mismatch", uid=item.uid, size=item.declared_size, got=len(item.data)
+                )
+            mails[item.uid] = RawMail(folder.name, folder.uidvalidity, item.uid, item.data)
         if len(mails) != len(wanted):
             self._log.info(
                 "imap_fetch_missing", folder=folder.name, missing=sorted(wanted - set(mails))[:20]
@@ -427,7 +371,7 @@ class ImapClient:
         leftovers = [*getattr(command, "buffer", []), *response.lines]
         while not queue.empty():
             leftovers.extend(queue.get_nowait())
-        news = news or _has_news(leftovers)
+        news = news or has_news(leftovers)
         self._log.debug("imap_idle_ended", news=news)
         return news
 
@@ -449,9 +393,9 @@ class ImapClient:
                 lines = getter.result()
                 if lines is _STOP_PUSH or lines == _STOP_PUSH:
                     return False
-                if _said_bye(lines):
+                if said_bye(lines):
                     await self._fail("idle", "server said BYE")
-                if _has_news(lines):
+                if has_news(lines):
                     return True
             if idle_task.done():
                 reason = "IDLE ended by the server"

@@ -23,12 +23,17 @@ from mailbridge.pipeline.mailsafe import (
 
 WRAP_WIDTH: Final = 76
 _BLANK_RUN: Final = re.compile(r"\n{3,}")
-# RFC 5322 §2.1.1: lines SHOULD stay within 78 characters. Only a token that cannot be
-# split (an address, a Message-ID: at most ~330 characters) goes past it, never past 998.
-LINE: Final = 78
+# RFC 2047 §2: a line holding an encoded word is at most 76 characters, so lines are folded
+# at 76 (within RFC 5322's 78). Only a token that cannot be split (an address, a Message-ID:
+# at most ~330 characters) goes past it, never past 998.
+LINE: Final = 76
 # A longer ASCII word is encoded, so that it can be split: no line reaches 998 octets.
 _LONGEST_WORD: Final = 900
-_EW_PAYLOAD: Final = 75 - len("=?utf-8?q??=")  # RFC 2047 §2: an encoded word is ≤ 75 chars
+# An encoded word is at most 75 characters (RFC 2047 §2); shorter here, so that even the first
+# one, on the field's own line after the longest name we encode ("X-Mailbridge-Loop: "),
+# keeps that line within 76.
+_EW_LENGTH: Final = LINE - len("X-Mailbridge-Loop: ")
+_EW_PAYLOAD: Final = _EW_LENGTH - len("=?utf-8?q??=")
 _ATEXT: Final = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
 _LANGUAGE_TAG: Final = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*")
 # What header_safe removes: Cc, Zl, Zp, Cs. Refused here too, so that the header_safe

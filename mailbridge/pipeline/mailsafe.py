@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from email import policy as email_policy
 from typing import Final
 
+from mailbridge.records import Address
+
 LOOP_HEADER: Final = "X-Mailbridge-Loop"
 MAX_REFERENCES: Final = 20
 SUBJECT_LIMIT: Final = 200
@@ -63,6 +65,12 @@ def normalise_mailbox(email: str) -> str | None:
     except UnicodeError:
         return None
     return f"{local}@{ascii_domain}" if _HOSTNAME.fullmatch(ascii_domain) else None
+
+
+def recipient_key(address: Address) -> str:
+    """A recipient as the outbox stores it (sendable form, lower case): the per-recipient
+    caps count automatic mail by this key, so an IDNA domain is counted as sent."""
+    return (normalise_mailbox(address.email) or address.key).lower()
 
 
 def strict_message_id(value: str | None) -> str | None:

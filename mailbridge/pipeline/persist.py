@@ -1,4 +1,4 @@
-"""Stage 7: writes one decided message (ticket or follow-up, attachments, outbox) in a session."""
+"""Stage 7: a decided message's rows (ticket or follow-up, attachments, outbox) in a session."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from mailbridge.adapters.db.models import InboundMessage, TicketParticipant, utc
 from mailbridge.errors import PermanentError
 from mailbridge.pipeline.hours import next_opening
 from mailbridge.pipeline.language import template_language
+from mailbridge.pipeline.mailsafe import recipient_key
 from mailbridge.pipeline.quotes import strip_quoted
 from mailbridge.pipeline.render import AckContext, render_ack, render_cc_rejection
 from mailbridge.pipeline.thread import format_number
@@ -49,8 +50,9 @@ class TicketWriter:
     ) -> Written:
         """Add the rows for one message to the session; `finish` completes them.
 
-        Nothing is flushed here: a batch's rows are inserted together, each table in one
-        statement. A new ticket waits in `txn` for the id its number is made from.
+        Nothing is flushed on purpose (a look-up here may autoflush what is pending): the
+        rows of a batch are inserted together at `finish`, each table in as few statements
+        as the driver allows. A new ticket waits in `txn` for the id its number is made from.
         """
         decision = plan.decision
         verdict = decision.verdict
@@ -170,7 +172,7 @@ class TicketWriter:
         ack = self.ack_context(decision, "") if answered else None
         txn.waiting.append(WaitingTicket(ticket, inbound, ack))
         if answered and parsed.reply_address is not None:
-            txn.queued([parsed.reply_address.key])
+            txn.queued([recipient_key(parsed.reply_address)])
         return Written(Outcome.TICKET_CREATED, inbound, ticket=ticket)
 
     def render_ack(self, decision: Decision, number: str) -> OutgoingMail:

@@ -19,6 +19,7 @@ from mailbridge.adapters.db.store import clean
 from mailbridge.errors import PermanentError, TransientError
 from mailbridge.pipeline.classify import classify
 from mailbridge.pipeline.language import choose_language
+from mailbridge.pipeline.mailsafe import recipient_key
 from mailbridge.pipeline.parse import parse_message
 from mailbridge.pipeline.persist import TicketWriter
 from mailbridge.pipeline.screen import ScreenPolicy, screen
@@ -128,16 +129,21 @@ class Processor:
         stage: StageTracker | None = None,
         txn: OpenTransaction | None = None,
     ) -> Plan:
-        """Every decision about a message, reading the database but writing nothing."""
+        """Every decision about a message, from what the database holds.
+
+        It writes nothing of its own; a reply to a message of the same open transaction
+        first has that transaction's pending rows flushed (and new tickets numbered), so the
+        threading look-up sees them.
+        """
         stage = stage or StageTracker()
         txn = txn or OpenTransaction()
         stage.name = "screen"
         verdict = screen(parsed, self.policy)
         stage.name = "thread"
         hint = thread_hint(parsed, self.settings.tickets.number_format)
-        if (hint.referenced_ids or hint.ticket_numbers) and txn.waiting:
-            # A reply to a message of this same transaction: its ticket needs its number.
+        if hint.referenced_ids or hint.ticket_numbers:
             await self.writer.finish(session, txn)
+            await session.flush()  # explicit: the look-up must not depend on autoflush
         requester = parsed.requester
         thread = choose_thread(
             hint,
@@ -179,7 +185,7 @@ class Processor:
             ("rate_cap_day", timedelta(days=1), self.settings.ack.max_per_recipient_day),
         )
         counts = await txn.sent_counts(
-            session, address.key, [now - window for _rule, window, _cap in caps]
+            session, recipient_key(address), [now - window for _rule, window, _cap in caps]
         )
         for (rule, _window, cap), sent in zip(caps, counts, strict=True):
             if sent >= cap:
@@ -270,12 +276,11 @@ class Processor:
         key: str,
         parsed: ParsedMail,
         stage: StageTracker,
-        existing_id: int | None = None,
-        txn: OpenTransaction | None = None,
+        existing_id: int | None,
+        txn: OpenTransaction,
     ) -> Written:
         """Plan one parsed message and add its rows to the caller's transaction, which then
         calls `writer.finish` and flushes; errors propagate."""
-        txn = txn or OpenTransaction()
         plan = await self.plan(session, parsed, stage, txn)
         if existing_id is None:
             inbound = self._inbound_row(intake, key, parsed.message_id, state="done")

@@ -56,6 +56,32 @@ async def test_a_flood_in_one_batch_is_capped_like_one_at_a_time(
     assert len(capped) == 2
 
 
+@pytest.mark.parametrize("together", [True, False], ids=["one-batch", "one-at-a-time"])
+async def test_the_cap_counts_a_sender_with_an_international_domain(
+    database_url: str, tmp_path: Path, together: bool
+) -> None:
+    # The outbox keeps the recipient in IDNA form: the count must look for that form.
+    settings = settings_for(database_url, tmp_path, max_per_recipient_hour=2)
+    flood = [  # an SMTPUTF8 message: the domain in UTF-8 in the header
+        make_mail(to=SUPPORT, sender="Ana <ana@example.test>", subject=f"Problem {n}").replace(
+            b"ana@example.test", "ana@bücher.test".encode()
+        )
+        for n in range(4)
+    ]
+
+    async with open_app(settings) as app:
+        if together:
+            await process_batch(app.processor, intakes(*flood))
+        else:
+            for intake in intakes(*flood):
+                await app.processor.process(intake)
+
+    state = await read_db(settings)
+    assert [row.rcpt_to for row in state.outbox] == ["ana@xn--bcher-kva.test"] * 2
+    capped = [r for i in state.inbound for r in i.reasons if r["rule"] == "rate_cap_hour"]
+    assert len(capped) == 2
+
+
 async def test_a_reply_in_the_same_batch_joins_the_ticket_it_answers(
     database_url: str, tmp_path: Path
 ) -> None:

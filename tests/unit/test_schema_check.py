@@ -18,11 +18,10 @@ def test_the_head_read_from_the_scripts_is_alembics_head() -> None:
     assert head_revision() == alembic_head is not None
 
 
-def _script(folder: Path, revision: str, down: str | None) -> None:
-    down_text = f'"{down}"' if down else "None"
+def _script(folder: Path, revision: str, down: str | tuple[str, ...] | None) -> None:
     (folder / f"{revision}_x.py").write_text(
         f'"""{revision}"""\n\nrevision: str = "{revision}"\n'
-        f"down_revision: str | None = {down_text}\n"
+        f"down_revision: str | tuple[str, ...] | None = {down!r}\n"
     )
 
 
@@ -41,6 +40,10 @@ def test_the_newest_of_a_chain_is_the_head_and_two_heads_are_refused(
 
     with pytest.raises(SchemaError, match="several heads"):
         head_revision()
+
+    _script(versions, "0005", ("0003", "0004"))  # a merge migration joins them again
+
+    assert head_revision() == "0005"
 
 
 def test_the_daemon_s_imports_do_not_load_alembic() -> None:

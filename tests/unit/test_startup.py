@@ -48,6 +48,7 @@ COMMAND_MODULES = {
     "mailbridge.cli_mail",
     "mailbridge.cli_admin",
     "mailbridge.cli_failed",
+    "mailbridge.cli_replay",
     "mailbridge.cli_tickets",
     "mailbridge.cli_ops",
 }

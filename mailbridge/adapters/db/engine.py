@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import ast
 import sys
 from importlib import resources
 from pathlib import Path
@@ -18,8 +18,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 # Alembic (about 10 MB and 0.2 s of imports) is loaded only to migrate: the daemon and the
-# CLI check the schema by reading the scripts' revision lines and the alembic_version table.
-_REVISION = re.compile(r"^(down_revision|revision)\b[^=]*=\s*(None|[\"']([^\"']+)[\"'])", re.M)
+# CLI check the schema by reading the scripts' revision variables and alembic_version.
 
 
 class SchemaError(MailbridgeError):
@@ -100,16 +99,32 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+def _script_revisions(source: str) -> tuple[str | None, tuple[str, ...]]:
+    """A migration script's `revision` and its `down_revision`(s), read without running it."""
+    found: dict[str, object] = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, value = node.target, node.value
+        else:
+            continue
+        if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
+            found[target.id] = ast.literal_eval(value)
+    revision, down = found.get("revision"), found.get("down_revision")
+    parents = down if isinstance(down, tuple | list) else (down,) if down else ()
+    return (revision if isinstance(revision, str) else None), tuple(map(str, parents))
+
+
 def head_revision() -> str | None:
     """The newest migration: the one revision no script names as its down_revision."""
     revisions: set[str] = set()
     parents: set[str] = set()
     for script in sorted((_migrations_dir() / "versions").glob("*.py")):
-        found = dict((name, value) for name, _raw, value in _REVISION.findall(script.read_text()))
-        if found.get("revision"):
-            revisions.add(found["revision"])
-            if found.get("down_revision"):
-                parents.add(found["down_revision"])
+        revision, down = _script_revisions(script.read_text(encoding="utf-8"))
+        if revision:
+            revisions.add(revision)
+            parents.update(down)
     heads = revisions - parents
     if len(heads) > 1:
         raise SchemaError(f"the migrations have several heads: {sorted(heads)}")
