@@ -7,10 +7,20 @@ import sys
 from pathlib import Path
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine
 
 from mailbridge.adapters.db import engine
-from mailbridge.adapters.db.engine import SchemaError, alembic_config, head_revision
+from mailbridge.adapters.db.engine import (
+    SchemaError,
+    alembic_config,
+    head_revision,
+    make_engine,
+    upgrade,
+)
+from mailbridge.adapters.db.models import Base
 
 
 def test_the_head_read_from_the_scripts_is_alembics_head() -> None:
@@ -52,3 +62,12 @@ def test_the_daemon_s_imports_do_not_load_alembic() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+async def test_the_models_are_what_the_migrations_make(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"
+    migrated = make_engine(url)
+    await upgrade(migrated, url)
+    await migrated.dispose()
+    with create_engine(f"sqlite:///{tmp_path / 'm.db'}").connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
