@@ -51,9 +51,9 @@ class InboundMessage(Base):
     __tablename__ = "inbound_message"
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
-    # Unique and set by us: SQLAlchemy can match a multi-row INSERT's RETURNING rows by it,
-    # so SQLite gets one INSERT per batch too (it has no ordered RETURNING of its own).
-    dedupe_key: Mapped[str] = mapped_column(String(512), unique=True, insert_sentinel=True)
+    # Not an insert sentinel (see Outbox.message_id): a multi-row INSERT of raw messages
+    # would be kept, bound, by SQLite's statement cache, one variant per batch size.
+    dedupe_key: Mapped[str] = mapped_column(String(512), unique=True)
     source: Mapped[str] = mapped_column(String(16))
     mailbox: Mapped[str | None] = mapped_column(String(255))
     uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
@@ -169,6 +169,8 @@ class Outbox(Base):
     kind: Mapped[str] = mapped_column(String(32))
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("ticket.id"), index=True)
     inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_message.id"))
+    # Unique and set by us: SQLAlchemy matches a multi-row INSERT's RETURNING rows by it, so
+    # SQLite gets one INSERT per batch too (it has no ordered RETURNING of its own).
     message_id: Mapped[str] = mapped_column(String(998), unique=True, insert_sentinel=True)
     mail_from: Mapped[str] = mapped_column(String(320))
     rcpt_to: Mapped[str] = mapped_column(String(320))
