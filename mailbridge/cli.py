@@ -184,12 +184,13 @@ async def run(context: Context, once: bool) -> None:
     """
     import structlog
 
-    from mailbridge.adapters.allocator import return_large_blocks
+    from mailbridge.adapters.allocator import return_large_blocks, share_arenas
     from mailbridge.adapters.systemd import Notifier
     from mailbridge.app import open_app, upgrade_schema
 
     log = structlog.get_logger(__name__)
     return_large_blocks()
+    share_arenas()
     settings = context.settings
     if settings.database.upgrade_on_start:
         await upgrade_schema(settings)

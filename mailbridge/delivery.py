@@ -152,9 +152,7 @@ class OutboxWorker:
         engine: AsyncEngine = self.sessions.kw["bind"]
         async with engine.begin() as connection:
             updated = await connection.execute(
-                update(Outbox)
-                .where(Outbox.id == row.id, Outbox.state == "pending")
-                .values(changes)
+                update(Outbox).where(Outbox.id == row.id, Outbox.state == "pending").values(changes)
             )
         if not updated.rowcount:
             return DrainReport()

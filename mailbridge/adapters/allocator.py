@@ -6,8 +6,10 @@ import ctypes
 import os
 import sys
 
-# mallopt(3) parameter: blocks at least this large are mmap'd and so returned on free.
+# mallopt(3) parameters: blocks at least this large are mmap'd and so returned on free; the
+# most arenas (per-thread heaps) glibc creates.
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 
 
 def return_large_blocks(threshold: int = 1 << 20) -> bool:
@@ -25,3 +27,20 @@ def return_large_blocks(threshold: int = 1 << 20) -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, threshold))
+
+
+def share_arenas(count: int = 2) -> bool:
+    """Let the threads share at most `count` malloc arenas; True when it took effect.
+
+    The parse and blob threads and each aiosqlite connection thread would otherwise get an
+    arena each, and every arena keeps some freed memory: measured on the 1,000-message drain,
+    peak RSS 166 MB with glibc's default, 161 MB with 2 arenas, at the same rate (the GIL
+    lets one thread allocate at a time anyway). The operator's MALLOC_ARENA_MAX wins.
+    """
+    if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_ARENA_MAX, count))
