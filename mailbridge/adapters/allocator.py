@@ -20,13 +20,7 @@ def return_large_blocks(threshold: int = 1 << 20) -> bool:
     freed blocks, which measured 191 MB peak where 178 MB are needed (bench/RESULTS.md).
     The operator's own MALLOC_MMAP_THRESHOLD_ wins; elsewhere than glibc this does nothing.
     """
-    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, threshold))
+    return _mallopt(_M_MMAP_THRESHOLD, threshold, unless="MALLOC_MMAP_THRESHOLD_")
 
 
 def share_arenas(count: int = 2) -> bool:
@@ -37,10 +31,15 @@ def share_arenas(count: int = 2) -> bool:
     peak RSS 166 MB with glibc's default, 161 MB with 2 arenas, at the same rate (the GIL
     lets one thread allocate at a time anyway). The operator's MALLOC_ARENA_MAX wins.
     """
-    if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
+    return _mallopt(_M_ARENA_MAX, count, unless="MALLOC_ARENA_MAX")
+
+
+def _mallopt(parameter: int, value: int, *, unless: str) -> bool:
+    """glibc's mallopt(parameter, value), unless the operator set `unless` in the environment."""
+    if not sys.platform.startswith("linux") or unless in os.environ:
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_ARENA_MAX, count))
+    return bool(mallopt(parameter, value))
