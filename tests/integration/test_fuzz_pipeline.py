@@ -31,8 +31,10 @@ from hypothesis import strategies as st
 from mailbridge.adapters.blobs import BlobStore
 from mailbridge.adapters.db import store
 from mailbridge.adapters.db.engine import make_engine, make_sessionmaker, upgrade
+from mailbridge.adapters.db.models import InboundMessage
+from mailbridge.pipeline.batch import process_batch
 from mailbridge.pipeline.process import Processor, dedupe_key
-from mailbridge.records import Intake, Outcome
+from mailbridge.records import Intake, Outcome, ProcessResult
 from mailbridge.settings import (
     AckSettings,
     DatabaseSettings,
@@ -333,6 +335,53 @@ def _check_one(pipeline: Pipeline, data: bytes) -> None:
     pipeline.outcomes[row.outcome] += 1
     # A quarantine is a crash the pipeline caught; none is expected from mail a server accepts.
     assert row.state == "done", f"quarantined at {row.stage}: {row.error_class}: {row.error}"
+
+
+async def _batch_and_read(
+    pipeline: Pipeline, batch: list[bytes]
+) -> list[tuple[ProcessResult, InboundMessage | None]]:
+    intakes = [
+        Intake(data, "imap", "fuzz@example.test/INBOX", 1, next(pipeline.uids)) for data in batch
+    ]
+    handled = await process_batch(pipeline.processor, intakes)
+    assert [item.intake for item in handled] == intakes, "a message of the batch was dropped"
+    read = []
+    async with pipeline.processor.sessions() as session:
+        for item in handled:
+            key, _message_id = dedupe_key(item.intake.data)
+            read.append((item.result, await store.inbound_by_key(session, key)))
+    return read
+
+
+@settings(
+    max_examples=max(10, EXAMPLES // 3),
+    deadline=None,
+    database=None,
+    derandomize=DERANDOMIZE,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.large_base_example,
+    ],
+)
+@given(batch=st.lists(INPUTS, min_size=1, max_size=8))
+@pytest.mark.timeout(max(120, EXAMPLES))
+def test_every_input_of_a_batch_ends_in_its_own_terminal_record(
+    pipeline: Pipeline, batch: list[Sample]
+) -> None:
+    """The daemon's path: a fetched batch in one transaction (falling back to one at a time)."""
+    read = pipeline.loop.run_until_complete(_batch_and_read(pipeline, list(batch)))
+    first_of_key: dict[int, ProcessResult] = {}
+    for result, row in read:
+        assert row is not None, "no inbound record for an input of the batch"
+        assert (row.state, row.outcome) in TERMINAL, (row.state, row.outcome)
+        assert result.outcome.value == row.outcome
+        assert result.inbound_id == row.id
+        if row.id in first_of_key:  # a copy later in the same batch is a duplicate of it
+            assert result.duplicate
+        first_of_key.setdefault(row.id, result)
+        assert row.state == "done", f"quarantined at {row.stage}: {row.error_class}: {row.error}"
 
 
 def test_fixtures_all_become_terminal_records(pipeline: Pipeline) -> None:
