@@ -15,10 +15,10 @@ _M_ARENA_MAX = -8
 def return_large_blocks(threshold: int = 1 << 20) -> bool:
     """Serve allocations of `threshold` bytes and more by mmap; True when it took effect.
 
-    A 10 MB attachment is copied a few times while parsed, each copy in the arena of the
-    thread doing the work (parse thread, aiosqlite's thread); glibc keeps those arenas'
-    freed blocks, which measured 191 MB peak where 178 MB are needed (bench/RESULTS.md).
-    The operator's own MALLOC_MMAP_THRESHOLD_ wins; elsewhere than glibc this does nothing.
+    A 10 MB attachment is copied a few times while it is handled, each copy in the arena of
+    the thread doing the work (parse thread, aiosqlite's thread); glibc kept those arenas'
+    freed blocks: 191 MB peak where 178 MB were needed, when this was measured. The
+    operator's own MALLOC_MMAP_THRESHOLD_ wins; elsewhere than glibc this does nothing.
     """
     return _mallopt(_M_MMAP_THRESHOLD, threshold, unless="MALLOC_MMAP_THRESHOLD_")
 
