@@ -181,38 +181,11 @@ async def customers_by_email(
     return {row.email: _customer_view(row) for row in rows}
 
 
-async def outgoing_count_since(session: AsyncSession, rcpt: str, since: datetime) -> int:
-    """Automatic mail queued to one recipient since a moment (for the per-recipient caps)."""
-    count = await session.scalar(
-        select(func.count(Outbox.id)).where(
-            Outbox.rcpt_to == rcpt.lower(), Outbox.created_at >= since
-        )
-    )
-    return int(count or 0)
-
-
-async def outgoing_counts_since(
-    session: AsyncSession, rcpt: str, moments: Sequence[datetime]
-) -> list[int]:
-    """`outgoing_count_since` for several moments, in one query (the hour and the day caps)."""
-    if not moments:
-        return []
-    earliest = min(moments)
-    columns = [
-        func.coalesce(func.sum(case((Outbox.created_at >= m, 1), else_=0)), 0) for m in moments
-    ]
-    row = (
-        await session.execute(
-            select(*columns).where(Outbox.rcpt_to == rcpt.lower(), Outbox.created_at >= earliest)
-        )
-    ).one()
-    return [int(value or 0) for value in row]
-
-
 async def outgoing_counts_by_rcpt(
     session: AsyncSession, rcpts: Iterable[str], moments: Sequence[datetime]
 ) -> dict[str, list[int]]:
-    """`outgoing_counts_since` for several recipients in one query; absent ones have none."""
+    """Automatic mail queued to each recipient since each moment, in one query; a recipient
+    with none is absent."""
     wanted = {rcpt.lower() for rcpt in rcpts}
     if not wanted or not moments:
         return {}
@@ -223,6 +196,14 @@ async def outgoing_counts_by_rcpt(
         .group_by(Outbox.rcpt_to)
     )
     return {rcpt: [int(value or 0) for value in values] for rcpt, *values in rows}
+
+
+async def outgoing_counts_since(
+    session: AsyncSession, rcpt: str, moments: Sequence[datetime]
+) -> list[int]:
+    """Automatic mail queued to one recipient since each moment (the hour and the day caps)."""
+    counts = await outgoing_counts_by_rcpt(session, [rcpt], moments)
+    return counts.get(rcpt.lower(), [0] * len(moments))
 
 
 async def outbox_has(session: AsyncSession, message_id: str) -> bool:
