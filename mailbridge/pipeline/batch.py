@@ -193,13 +193,16 @@ async def _parse_all(
     beat: Callable[[], None],
 ) -> tuple[dict[int, ParsedMail], dict[int, float]]:
     """The batch's new messages parsed, by index, until a stop is asked for; and how long
-    each took."""
+    each took. A second copy of a message in the batch is not parsed: it will be a duplicate
+    of the first."""
     parsed: dict[int, ParsedMail] = {}
     seconds: dict[int, float] = {}
+    seen: set[str] = set(known)
     for index, (intake, (key, _message_id)) in enumerate(zip(intakes, keys, strict=True)):
         if stop is not None and stop.is_set():
             break
-        if key not in known:
+        if key not in seen:
+            seen.add(key)
             began = time.perf_counter()
             parsed[index] = await processor.parse(intake.data)
             seconds[index] = time.perf_counter() - began
