@@ -287,18 +287,9 @@ INPUTS = st.one_of(
 
 # --- the property ------------------------------------------------------------------------------
 
-
-async def _process_and_read(pipeline: Pipeline, data: bytes) -> tuple[Outcome, object]:
-    intake = Intake(data, "imap", "fuzz@example.test/INBOX", 1, next(pipeline.uids))
-    result = await pipeline.processor.process(intake)
-    key, _message_id = dedupe_key(data)
-    async with pipeline.processor.sessions() as session:
-        row = await store.inbound_by_key(session, key)
-    return result.outcome, row
-
-
-@settings(
-    max_examples=EXAMPLES,
+# Shared by both properties: no deadline (a 400-deep tree takes a while), no example
+# database, and the health checks that large generated inputs trip by design.
+FUZZ = settings(
     deadline=None,
     database=None,
     derandomize=DERANDOMIZE,
@@ -309,6 +300,18 @@ async def _process_and_read(pipeline: Pipeline, data: bytes) -> tuple[Outcome, o
         HealthCheck.large_base_example,
     ],
 )
+
+
+async def _process_and_read(pipeline: Pipeline, data: bytes) -> tuple[Outcome, object]:
+    intake = Intake(data, "imap", "fuzz@example.test/INBOX", 1, next(pipeline.uids))
+    result = await pipeline.processor.process(intake)
+    key, _message_id = dedupe_key(data)
+    async with pipeline.processor.sessions() as session:
+        row = await store.inbound_by_key(session, key)
+    return result.outcome, row
+
+
+@settings(FUZZ, max_examples=EXAMPLES)
 @given(data=INPUTS)
 @pytest.mark.timeout(max(120, EXAMPLES))
 def test_every_input_ends_in_a_terminal_record(pipeline: Pipeline, data: Sample) -> None:
@@ -353,18 +356,7 @@ async def _batch_and_read(
     return read
 
 
-@settings(
-    max_examples=max(10, EXAMPLES // 3),
-    deadline=None,
-    database=None,
-    derandomize=DERANDOMIZE,
-    suppress_health_check=[
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-        HealthCheck.function_scoped_fixture,
-        HealthCheck.large_base_example,
-    ],
-)
+@settings(FUZZ, max_examples=max(10, EXAMPLES // 3))
 @given(batch=st.lists(INPUTS, min_size=1, max_size=8))
 @pytest.mark.timeout(max(120, EXAMPLES))
 def test_every_input_of_a_batch_ends_in_its_own_terminal_record(
