@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import date
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from mailbridge.adapters.blobs import BlobStore
 from mailbridge.adapters.db.engine import check_schema, make_engine, make_sessionmaker, upgrade
 from mailbridge.pipeline import render
+from mailbridge.pipeline.hours import public_holidays
 from mailbridge.pipeline.process import Processor
 from mailbridge.settings import (
     DEFAULT_ACCOUNT,
@@ -103,6 +105,9 @@ class App:
             for name, account in self.settings.imap_accounts.items()
             for folder in account.folders
         ]
+        # The holiday table comes from a child interpreter (about 0.2 s): ask for it now, not
+        # while the first acknowledgement is rendered and the mail waits.
+        public_holidays(self.settings.hours.holidays_country, date.today().year)
         smtp = self.settings.smtp
         sender = SmtpSender(smtp, token_source=self.token_sources.get(("smtp", "smtp")))
         outbox = ServiceOutbox(smtp, self.sessions, metrics=self.metrics, sender=sender)

@@ -229,9 +229,9 @@ class HoursSettings(Group):
     @field_validator("holidays_country")
     @classmethod
     def _known_country(cls, value: str) -> str:
-        import holidays
+        from mailbridge.adapters.holiday_table import supported_countries
 
-        if value and value.upper() not in holidays.list_supported_countries():
+        if value and value.upper() not in supported_countries():
             raise ValueError(f"the holidays package does not know country {value!r}")
         return value.upper()
 

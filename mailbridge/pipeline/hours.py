@@ -7,8 +7,7 @@ from functools import lru_cache
 from typing import Final
 from zoneinfo import ZoneInfo
 
-import holidays
-
+from mailbridge.adapters.holiday_table import holiday_dates
 from mailbridge.settings import HoursSettings
 
 DAY_CODES: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -17,16 +16,24 @@ DAY_CODES: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _HORIZON_DAYS: Final = 3 * 366
 
 
-@lru_cache(maxsize=64)
+# Holiday dates by country and year, filled as years are asked for and kept for the process's
+# life (a few dozen dates a year).
+_holiday_tables: dict[str, dict[int, frozenset[date]]] = {}
+
+
 def public_holidays(country: str, year: int) -> frozenset[date]:
-    """The public holidays (observed days included) of `country` in `year`; empty for ""."""
+    """The public holidays (observed days included) of `country` in `year`; empty for "".
+
+    Raises ValueError (naming holidays_country) for a country `holidays` does not know.
+    """
     if not country:
         return frozenset()
-    try:
-        calendar = holidays.country_holidays(country, years=year)
-    except NotImplementedError as error:
-        raise ValueError(f"holidays_country {country!r} is not known to `holidays`") from error
-    return frozenset(calendar.keys())
+    table = _holiday_tables.setdefault(country, {})
+    if year not in table:
+        # Each lookup runs a child interpreter, so a year brings its neighbours along:
+        # next_opening crosses New Year, and a daemon lives through it.
+        table.update(holiday_dates(country, range(year - 1, year + 3)))
+    return table[year]
 
 
 @lru_cache(maxsize=16)

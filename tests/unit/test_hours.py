@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -152,10 +154,24 @@ def test_hours_that_never_open_are_refused_by_the_settings() -> None:
         hours(open=time(17, 0), close=time(8, 0))
 
 
-def test_holidays_are_cached_per_country_and_year() -> None:
-    public_holidays.cache_clear()
+def test_holidays_are_kept_per_country_and_year() -> None:
     first = public_holidays("RO", 2026)
     assert date(2026, 12, 1) in first
     assert public_holidays("RO", 2026) is first
-    assert public_holidays.cache_info().hits == 1
+    assert date(2027, 1, 1) in public_holidays("RO", 2027)
     assert date(2026, 12, 1) not in public_holidays("RS", 2026)
+
+
+def test_the_process_that_asks_never_holds_the_holidays_package() -> None:
+    # `holidays` imports all its countries to give one (13 MB for the daemon's whole life);
+    # the dates come from a child interpreter instead.
+    probe = (
+        "import sys\n"
+        "from mailbridge.pipeline.hours import public_holidays\n"
+        "from mailbridge.settings import HoursSettings\n"
+        "HoursSettings(holidays_country='rs')\n"
+        "assert '2027-01-07' in {d.isoformat() for d in public_holidays('RS', 2027)}\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'holidays'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
