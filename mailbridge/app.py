@@ -9,11 +9,11 @@ from datetime import date
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mailbridge.adapters.blobs import BlobStore
 from mailbridge.adapters.db.engine import check_schema, make_engine, make_sessionmaker, upgrade
+from mailbridge.logs import get_logger
 from mailbridge.pipeline import render
 from mailbridge.pipeline.hours import public_holidays
 from mailbridge.pipeline.process import Processor
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from mailbridge.daemon import Daemon
     from mailbridge.metrics import Metrics
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 def make_token_sources(settings: Settings) -> dict[tuple[str, str], TokenSource]:

@@ -182,13 +182,12 @@ async def run(context: Context, once: bool) -> None:
     (within daemon.shutdown_timeout_seconds). SIGHUP reopens the log file and reloads the
     templates. Under systemd (Type=notify) it reports READY, STATUS and WATCHDOG.
     """
-    import structlog
-
     from mailbridge.adapters.allocator import return_large_blocks, share_arenas
     from mailbridge.adapters.systemd import Notifier
     from mailbridge.app import open_app, upgrade_schema
+    from mailbridge.logs import get_logger
 
-    log = structlog.get_logger(__name__)
+    log = get_logger(__name__)
     return_large_blocks()
     share_arenas()
     settings = context.settings

@@ -17,7 +17,6 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from typing_extensions import override
 
@@ -25,11 +24,12 @@ from mailbridge.adapters.db.models import Outbox
 from mailbridge.adapters.systemd import Notifier, watchdog_interval
 from mailbridge.delivery import DrainReport, OutboxWorker
 from mailbridge.errors import TransientError
+from mailbridge.logs import get_logger
 from mailbridge.mailbox_worker import MailboxWorker
 from mailbridge.metrics import Metrics
 from mailbridge.settings import DaemonSettings, SmtpSettings
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 SUPERVISE_TICK_SECONDS = 5.0
 CLOSE_BOUND_SECONDS = 5.0

@@ -8,7 +8,36 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
-import structlog
+
+def _import_structlog_without_rich() -> None:
+    """Import structlog with `rich` hidden, unless something has imported either already.
+
+    structlog imports rich, when installed, for console tracebacks: 5 MB resident in a daemon
+    that writes JSON lines. The admin commands import rich for their tables when they run.
+    Every module takes its logger from here, so this is where structlog is first imported.
+    """
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        return
+    sys.modules["rich"] = None  # type: ignore[assignment]  # the import system's "not here"
+    try:
+        import structlog  # noqa: F401
+    finally:
+        del sys.modules["rich"]
+
+
+_import_structlog_without_rich()
+
+import structlog  # noqa: E402
+from structlog.contextvars import bound_contextvars  # noqa: E402
+from structlog.typing import FilteringBoundLogger  # noqa: E402
+
+__all__ = ["FilteringBoundLogger", "bound_contextvars", "configure", "get_logger"]
+
+
+def get_logger(name: str) -> Any:
+    """The module's structlog logger (bound lazily, so configure() may come later)."""
+    return structlog.get_logger(name)
+
 
 # Libraries that talk a lot at DEBUG, or log every byte received, are kept at WARNING unless
 # debug logging is asked for; aioimaplib formats every chunk at DEBUG (a measured CPU hog).

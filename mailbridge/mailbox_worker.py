@@ -14,19 +14,18 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import structlog
-
 from mailbridge.adapters.db import store
 from mailbridge.adapters.imap import FolderState, ImapClient, backoff_delay
 from mailbridge.adapters.oauth import TokenSource
 from mailbridge.errors import TransientError
+from mailbridge.logs import get_logger
 from mailbridge.metrics import Metrics
 from mailbridge.pipeline.batch import process_batch
 from mailbridge.pipeline.process import Processor
 from mailbridge.records import Intake, Outcome, ProcessResult
 from mailbridge.settings import DEFAULT_ACCOUNT, DaemonSettings, ImapSettings
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 def folder_for(outcome: Outcome, imap: ImapSettings) -> str:

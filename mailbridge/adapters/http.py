@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
-import structlog
+from mailbridge.logs import get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 MAX_REQUEST_BYTES = 8192
 READ_TIMEOUT_SECONDS = 5.0

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import aioimaplib
-import structlog
 
 from mailbridge.adapters.imap_protocol import Imap4, IterativeProtocol, encode_mailbox, uid_set
 from mailbridge.adapters.imap_replies import (
@@ -24,10 +23,11 @@ from mailbridge.adapters.imap_replies import (
 )
 from mailbridge.adapters.oauth import TokenSource
 from mailbridge.errors import TransientError
+from mailbridge.logs import get_logger
 from mailbridge.records import RawMail
 from mailbridge.settings import ImapSecurity, ImapSettings
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 FETCH_ITEMS = "(UID RFC822.SIZE BODY.PEEK[])"
 MAX_UIDS_PER_COMMAND = 1000  # bounds a command's UID set and its reply (one EXPUNGE per UID)

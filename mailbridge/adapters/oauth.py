@@ -25,13 +25,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-import structlog
-
 from mailbridge.adapters.systemd import NOTIFY_VARIABLES
 from mailbridge.errors import TransientError
+from mailbridge.logs import get_logger
 from mailbridge.settings import OAuthProvider, OAuthSettings
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 MICROSOFT_SCOPES = ("https://outlook.office365.com/.default",)
 GOOGLE_SCOPES = ("https://mail.google.com/",)

@@ -14,9 +14,9 @@ import time
 from collections import deque
 from collections.abc import Mapping
 
-import structlog
+from mailbridge.logs import get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 # Variables systemd hands the main process that a child (an OAuth token command) must not see:
 # a child that inherits them could answer for us (and is ignored under NotifyAccess=main).

@@ -8,12 +8,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-import structlog
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailbridge.adapters.db import store
 from mailbridge.errors import PermanentError, TransientError
+from mailbridge.logs import bound_contextvars, get_logger
 from mailbridge.pipeline.mailsafe import recipient_key
 from mailbridge.pipeline.process import (
     Processor,
@@ -26,7 +26,7 @@ from mailbridge.pipeline.process import (
 from mailbridge.pipeline.transaction import OpenTransaction, Written
 from mailbridge.records import CustomerView, Intake, ParsedMail, ProcessResult
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +160,7 @@ async def _in_one_transaction(
             elif index not in parsed:
                 break
             else:
-                with structlog.contextvars.bound_contextvars(
+                with bound_contextvars(
                     mailbox=intake.mailbox, uid=intake.uid, message_id=message_id
                 ):
                     outcome = written[key] = await processor.write_one(
@@ -174,7 +174,7 @@ async def _in_one_transaction(
         await session.flush()
         handled = _results(steps)
     for step, item in zip(steps, handled, strict=True):
-        with structlog.contextvars.bound_contextvars(
+        with bound_contextvars(
             mailbox=step.intake.mailbox, uid=step.intake.uid, message_id=step.message_id
         ):
             if item.result.duplicate:

@@ -8,7 +8,6 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
-import structlog
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -17,6 +16,7 @@ from mailbridge.adapters.db import store
 from mailbridge.adapters.db.models import InboundMessage, utcnow
 from mailbridge.adapters.db.store import clean
 from mailbridge.errors import PermanentError, TransientError
+from mailbridge.logs import bound_contextvars, get_logger
 from mailbridge.pipeline.classify import classify
 from mailbridge.pipeline.language import choose_language
 from mailbridge.pipeline.mailsafe import recipient_key
@@ -38,7 +38,7 @@ from mailbridge.records import (
 )
 from mailbridge.settings import Settings
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 # Parsing a large message takes a while in pure Python; off the loop it cannot stall IDLE.
 _PARSE_OFF_LOOP_BYTES = 256 * 1024
@@ -200,9 +200,7 @@ class Processor:
         key, message_id = dedupe_key(intake.data)
         # Context variables reach every log line made while this message is in hand, the
         # libraries' stdlib records included (logs.configure merges them).
-        with structlog.contextvars.bound_contextvars(
-            mailbox=intake.mailbox, uid=intake.uid, message_id=message_id
-        ):
+        with bound_contextvars(mailbox=intake.mailbox, uid=intake.uid, message_id=message_id):
             existing = await self._existing(key)
             if existing is not None:
                 log.info("message_already_held", inbound_id=existing.inbound_id)
@@ -219,9 +217,7 @@ class Processor:
                 raise ValueError(f"inbound message {inbound_id} is {row.state}, not failed")
             intake = Intake(row.raw, "replay")
             key, message_id = row.dedupe_key, row.message_id
-        with structlog.contextvars.bound_contextvars(
-            inbound_id=inbound_id, message_id=message_id, replay=True
-        ):
+        with bound_contextvars(inbound_id=inbound_id, message_id=message_id, replay=True):
             return await self._run(intake, key, message_id, existing_id=inbound_id)
 
     async def preview(self, data: bytes) -> Plan:
