@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from mailbridge.adapters.db import store
-from mailbridge.adapters.imap import FolderState, ImapClient, backoff_delay
+from mailbridge.adapters.imap import (
+    MAX_UIDS_PER_COMMAND,
+    FolderState,
+    ImapClient,
+    backoff_delay,
+)
 from mailbridge.adapters.oauth import TokenSource
 from mailbridge.errors import TransientError
 from mailbridge.logs import get_logger
@@ -26,6 +31,8 @@ from mailbridge.records import Intake, Outcome, ProcessResult
 from mailbridge.settings import DEFAULT_ACCOUNT, DaemonSettings, ImapSettings
 
 log = get_logger(__name__)
+
+SIZE_WINDOW = MAX_UIDS_PER_COMMAND
 
 
 def folder_for(outcome: Outcome, imap: ImapSettings) -> str:
@@ -222,31 +229,43 @@ class MailboxWorker:
         """
         await self._note_uidvalidity(state)
         uids = await client.search_unsettled(self.imap.done_keyword)
-        sizes = await client.sizes(uids) if uids else {}
         self.liveness.beat()
         handled = 0
-        for batch in fetch_batches(uids, sizes, self.imap.fetch_batch, self.imap.fetch_batch_bytes):
+        # Sizes are asked for a window at a time, so a backlog of 20,000 holds one window's.
+        for start in range(0, len(uids), SIZE_WINDOW):
             if stop.is_set():
                 break
-            settled = await self._known(state, batch)
-            fresh = [uid for uid in batch if uid not in settled]
-            fetched = await client.fetch(fresh) if fresh else []
-            self.metrics.fetched.labels(mailbox=self.key).inc(len(fetched))
-            self.liveness.beat()
-            intakes = [Intake(r.data, "imap", self.key, r.uidvalidity, r.uid) for r in fetched]
-            handled_now = await process_batch(
-                self.processor, intakes, stop=stop, beat=self.liveness.beat
-            ) if intakes else []  # fmt: skip
-            for item in handled_now:
-                assert item.intake.uid is not None
-                settled[item.intake.uid] = item.result.outcome
-                self._count(item.result, item.seconds)
-            if settled:
-                self.on_committed()
-                await self._settle(client, settled)
-                self.liveness.beat()
-            handled += len(settled)
+            window = uids[start : start + SIZE_WINDOW]
+            sizes = await client.sizes(window)
+            limits = (self.imap.fetch_batch, self.imap.fetch_batch_bytes)
+            for batch in fetch_batches(window, sizes, *limits):
+                if stop.is_set():
+                    break
+                handled += await self._handle_batch(client, state, batch, stop)
         return handled
+
+    async def _handle_batch(
+        self, client: ImapClient, state: FolderState, batch: list[int], stop: asyncio.Event
+    ) -> int:
+        """Fetch, process and settle one batch; the number of messages settled."""
+        settled = await self._known(state, batch)
+        fresh = [uid for uid in batch if uid not in settled]
+        fetched = await client.fetch(fresh) if fresh else []
+        self.metrics.fetched.labels(mailbox=self.key).inc(len(fetched))
+        self.liveness.beat()
+        intakes = [Intake(r.data, "imap", self.key, r.uidvalidity, r.uid) for r in fetched]
+        handled_now = await process_batch(
+            self.processor, intakes, stop=stop, beat=self.liveness.beat
+        ) if intakes else []  # fmt: skip
+        for item in handled_now:
+            assert item.intake.uid is not None
+            settled[item.intake.uid] = item.result.outcome
+            self._count(item.result, item.seconds)
+        if settled:
+            self.on_committed()
+            await self._settle(client, settled)
+            self.liveness.beat()
+        return len(settled)
 
     async def _note_uidvalidity(self, state: FolderState) -> None:
         async with self.processor.sessions() as session:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from mailbridge import mailbox_worker
 from mailbridge.adapters.blobs import BlobStore
 from mailbridge.adapters.imap import ImapClient
 from tests.integration.harness import make_mail, make_settings, png, read_db, run_once
@@ -250,6 +251,27 @@ async def test_uidvalidity_change_does_not_duplicate_tickets(settings_for, mailb
     assert len(state.tickets) == 3
     assert len(state.outbox) == 3
     assert mailbox.uids("Support") == []
+
+
+async def test_a_backlog_longer_than_a_size_window_drains_whole_and_in_order(  # type: ignore[no-untyped-def]
+    settings_for, mailbox, smtp_sink, monkeypatch
+):
+    # Sizes are read a window of UIDs at a time (1,000 in production): windows of 2 and
+    # batches of 2 here, so 5 messages cross both boundaries.
+    monkeypatch.setattr(mailbox_worker, "SIZE_WINDOW", 2)
+    settings = settings_for(imap={"fetch_batch": 2})
+    subjects = [f"problem {n}" for n in range(1, 6)]
+    for subject in subjects:
+        mailbox.append(make_mail(to=mailbox.user, subject=subject))
+
+    await run_once(settings)
+
+    state = await read_db(settings)
+    by_number = sorted((t.number, t.subject) for t in state.tickets)
+    assert by_number == [(f"MB-00000{n}", f"problem {n}") for n in range(1, 6)]
+    assert len(smtp_sink.messages) == 5
+    assert mailbox.uids("INBOX") == []
+    assert len(mailbox.uids("Processed")) == 5
 
 
 async def test_a_broken_message_is_quarantined_and_the_rest_flow(settings_for, mailbox):  # type: ignore[no-untyped-def]
