@@ -8,19 +8,57 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import structlog
-from sqlalchemy import select, update
+from sqlalchemy import Engine, Table, Update, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.util import greenlet_spawn
 
 from mailbridge.adapters.db.models import Outbox
 from mailbridge.adapters.smtp import SendResult, SendStatus, SmtpSender, retry_delay
 from mailbridge.errors import TransientError
+from mailbridge.logs import get_logger
 from mailbridge.records import OutgoingMail
 from mailbridge.settings import SmtpSettings
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 _BATCH = 50
+
+
+def _recording(*dated: str) -> Update:
+    """The UPDATE recording one send's outcome; `dated` names the time column it also sets.
+
+    Guarded by the state it was sent from: a row an admin discarded or retried meanwhile is
+    left as they made it. Built once, on the table with bound parameters: building the ORM
+    statement and its cache key for every send cost about a sixth of each send's CPU.
+    """
+    table: Table = Outbox.__table__  # type: ignore[assignment]
+    values = {
+        "attempts": table.c.attempts + 1,
+        "state": bindparam("new_state", type_=table.c.state.type),
+        "uncertain": bindparam("new_uncertain", type_=table.c.uncertain.type),
+        "last_error": bindparam("new_last_error", type_=table.c.last_error.type),
+    }
+    for column in dated:
+        values[column] = bindparam(f"new_{column}", type_=table.c[column].type)
+    guard = (table.c.id == bindparam("row_id"), table.c.state == "pending")
+    return update(table).where(*guard).values(values)
+
+
+_RECORD = {
+    "sent": _recording("sent_at"),
+    "pending": _recording("next_attempt_at"),
+    "failed": _recording(),
+}
+
+
+def _record(engine: Engine, state: str, params: dict[str, object]) -> int:
+    """Commit one outcome on a pooled connection; the number of rows it changed (0 or 1).
+
+    Run whole in one greenlet: through the asyncio API, connect, begin, execute, commit and
+    close each switched greenlets, about a seventh of each send's CPU.
+    """
+    with engine.begin() as connection:
+        return connection.execute(_RECORD[state], params).rowcount
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,29 +174,23 @@ class OutboxWorker:
         state, next_at, uncertain = next_state(
             row.attempts, row.uncertain, result, self.settings, now, self.rng
         )
-        changes: dict[str, object] = {
-            "attempts": Outbox.attempts + 1,
-            "state": state,
-            "uncertain": uncertain,
-            "last_error": _last_error(result),
+        # Every outcome's parameters; each statement in _RECORD binds only those it names.
+        params: dict[str, object] = {
+            "row_id": row.id,
+            "new_state": state,
+            "new_uncertain": uncertain,
+            "new_last_error": _last_error(result),
+            "new_sent_at": now,
+            "new_next_attempt_at": next_at,
         }
-        if state == "sent":
-            changes["sent_at"] = now
-        if next_at is not None:
-            changes["next_attempt_at"] = next_at
-        # One UPDATE, guarded by the state it was sent from: a row an admin discarded or
-        # retried meanwhile is left as they made it. On a bare connection: an ORM session
-        # around one statement cost about an eighth of each send's CPU.
+        # On a bare connection: an ORM session around one statement cost about an eighth of
+        # each send's CPU.
         engine: AsyncEngine = self.sessions.kw["bind"]
-        async with engine.begin() as connection:
-            updated = await connection.execute(
-                update(Outbox).where(Outbox.id == row.id, Outbox.state == "pending").values(changes)
-            )
-        if not updated.rowcount:
+        if not await greenlet_spawn(_record, engine.sync_engine, state, params):
             return DrainReport()
         self.last_progress = now
         if state == "sent":
-            bound.info("outbox_sent", refused=list(result.refused) or None)
+            bound.info("outbox_sent", detail=result.detail, refused=list(result.refused) or None)
             return DrainReport(sent=1)
         if state == "failed":
             bound.error("outbox_failed", detail=result.detail, attempts=row.attempts + 1)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from structlog.testing import capture_logs
 
 from mailbridge.adapters.db.models import InboundMessage, Outbox
 from mailbridge.adapters.smtp import SendResult, SendStatus
@@ -44,9 +45,10 @@ async def ingest(settings: Settings, *mails: bytes) -> None:
             await app.processor.process(Intake(mail, "pipe"))
 
 
-async def drain(settings: Settings) -> list[Outbox]:
+async def drain(settings: Settings, at: datetime | None = None) -> list[Outbox]:
     async with open_app(settings) as app:
-        worker = OutboxWorker(settings.smtp, app.sessions)
+        clock = {} if at is None else {"clock": lambda: at}
+        worker = OutboxWorker(settings.smtp, app.sessions, **clock)
         try:
             await worker.drain(include_not_due=True)
         finally:
@@ -116,6 +118,54 @@ async def test_5xx_is_final_with_the_servers_reply(
     (row,) = await drain(settings)
     assert row.state == "failed"  # never resent by itself
     assert smtp_sink.messages == []
+
+
+async def test_a_sent_ack_logs_one_info_line_with_the_servers_reply(
+    database_url: str, tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    settings = settings_for(database_url, tmp_path, smtp_sink)
+    await ingest(settings, make_mail(to=SUPPORT))
+
+    with capture_logs() as logs:
+        (row,) = await drain(settings)
+
+    assert row.state == "sent"
+    info = [e["event"] for e in logs if e["log_level"] == "info"]
+    assert [e for e in info if e.startswith(("outbox_", "smtp_"))] == ["outbox_sent"]
+    [line] = [e for e in logs if e["event"] == "outbox_sent"]
+    assert (line["message_id"], line["outbox_id"]) == (row.message_id, row.id)
+    assert line["detail"].startswith("250 ")
+    assert [e["log_level"] for e in logs if e["event"] == "smtp_sent"] == ["debug"]
+
+
+def utc(moment: datetime | None) -> datetime | None:
+    """SQLite gives back naive datetimes for UTC ones; PostgreSQL keeps the zone."""
+    return moment if moment is None or moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+async def test_each_outcome_records_its_own_time_and_leaves_the_others(
+    database_url: str, tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    settings = settings_for(database_url, tmp_path, smtp_sink)
+    await ingest(settings, make_mail(to=SUPPORT), make_mail(to=SUPPORT, sender="bo@example.org"))
+    first = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    smtp_sink.reply(451, "4.3.0 Try again later", stage="rcpt")
+
+    rows = await drain(settings, at=first)
+    assert [(r.state, r.attempts, r.sent_at) for r in rows] == [("pending", 1, None)] * 2
+    due = [utc(r.next_attempt_at) for r in rows]
+    window = (first + timedelta(seconds=0.01), first + timedelta(seconds=0.05))
+    assert all(moment is not None and window[0] <= moment <= window[1] for moment in due)
+
+    smtp_sink.reply(550, "5.1.1 No such user here", stage="rcpt", recipients={"bo@example.org"})
+    later = first + timedelta(minutes=1)
+    sent, failed = await drain(settings, at=later)
+    assert (sent.state, sent.attempts, sent.uncertain, sent.last_error) == ("sent", 2, False, None)
+    assert utc(sent.sent_at) == later
+    assert (failed.state, failed.attempts, failed.uncertain) == ("failed", 2, False)
+    assert "5.1.1 No such user here" in (failed.last_error or "")
+    assert failed.sent_at is None
+    assert [utc(sent.next_attempt_at), utc(failed.next_attempt_at)] == due  # left as they were
 
 
 async def test_drop_after_the_final_dot_is_retried_once_only(

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from aiosmtplib.protocol import normalize_message_line_endings
 from structlog.testing import capture_logs
 
 from mailbridge.adapters.smtp import SendResult, SendStatus, SmtpSender, retry_delay
@@ -108,6 +109,20 @@ async def test_null_sender_goes_out_as_empty_reverse_path(
     [received] = smtp_sink.messages
     assert received.mail_from == ""
     assert received.data == ACK
+
+
+async def test_bare_line_ends_and_a_leading_dot_go_out_as_aiosmtplib_would_send_them(
+    smtp_sink: SmtpSink, sender: SmtpSender
+) -> None:
+    data = b".a first line starting with a dot\nbare LF\rlone CR\r\n.\r\nno final line end"
+    mail = OutgoingMail("ack", "<ack-7@mailbridge.invalid>", "bounces@example.com", ("a@b",), data)
+
+    assert_sent(await sender.send(mail))
+
+    [received] = smtp_sink.messages
+    wire = b".a first line starting with a dot\r\nbare LF\r\nlone CR\r\n.\r\nno final line end\r\n"
+    assert received.data == wire == normalize_message_line_endings(data)
+    assert f"SIZE={len(wire)}" in [option.upper() for option in received.mail_options]
 
 
 async def test_one_connection_carries_three_sends(smtp_sink: SmtpSink, sender: SmtpSender) -> None:
