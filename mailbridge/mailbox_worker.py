@@ -14,6 +14,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from mailbridge.adapters.allocator import give_back_free_memory
 from mailbridge.adapters.db import store
 from mailbridge.adapters.imap import (
     MAX_UIDS_PER_COMMAND,
@@ -33,6 +34,8 @@ from mailbridge.settings import DEFAULT_ACCOUNT, DaemonSettings, ImapSettings
 log = get_logger(__name__)
 
 SIZE_WINDOW = MAX_UIDS_PER_COMMAND
+# A batch holding a message this large is worth a garbage collection and a heap trim around it.
+LARGE_MESSAGE_BYTES = 2 * 1024 * 1024
 
 
 def folder_for(outcome: Outcome, imap: ImapSettings) -> str:
@@ -241,7 +244,12 @@ class MailboxWorker:
             for batch in fetch_batches(window, sizes, *limits):
                 if stop.is_set():
                     break
+                large = max(sizes.get(uid, 0) for uid in batch) >= LARGE_MESSAGE_BYTES
+                if large:
+                    give_back_free_memory()
                 handled += await self._handle_batch(client, state, batch, stop)
+                if large:
+                    give_back_free_memory()
         return handled
 
     async def _handle_batch(

