@@ -99,6 +99,7 @@ async def failed_list(
     async with open_app(context.settings) as app, app.sessions() as session:
         rows = await queries.list_inbound(
             session,
+            app.blobs,
             states=_states(all_states),
             rejected=all_states,
             since=since,
@@ -140,7 +141,7 @@ async def _record(app: App, inbound_id: int, *, raw: bool = False) -> queries.In
     from mailbridge.adapters.db import queries
 
     async with app.sessions() as session:
-        record = await queries.get_inbound(session, inbound_id, raw=raw)
+        record = await queries.get_inbound(session, app.blobs, inbound_id, raw=raw)
     if record is None:
         fail(f"no failed message {inbound_id}")
     if record.state == "done" and record.outcome != Outcome.REJECTED.value:

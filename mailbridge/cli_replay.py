@@ -73,10 +73,12 @@ async def _targets(
 
     async with app.sessions() as session:
         if not ids:
-            return await queries.list_inbound(session, since=since, stage=stage, error=error)
+            return await queries.list_inbound(
+                session, app.blobs, since=since, stage=stage, error=error
+            )
         records = []
         for inbound_id in ids:
-            record = await queries.get_inbound(session, inbound_id)
+            record = await queries.get_inbound(session, app.blobs, inbound_id)
             if record is None:
                 fail(f"no failed message {inbound_id}")
             records.append(record)
@@ -159,7 +161,7 @@ async def _replay_one(app: App, record: queries.InboundRecord, dry_run: bool) ->
         return f"{record.state} ({outcome}{ticket}), not failed: nothing to do", "skipped"
     if dry_run:
         async with app.sessions() as session:
-            full = await queries.get_inbound(session, record.id, raw=True)
+            full = await queries.get_inbound(session, app.blobs, record.id, raw=True)
         line, failing = await _predict(app, full or record)
         return line, "would still fail" if failing else "would replay"
     try:

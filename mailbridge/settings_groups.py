@@ -161,6 +161,9 @@ class StorageSettings(Group):
     data_dir: Path = Field(default_factory=default_data_dir)
     max_message_bytes: int = Field(25 * 1024 * 1024, ge=1024)
     max_attachment_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    # A raw message larger than this is kept in the blob store (by its sha256, like an
+    # attachment), not in its database row: a database driver copies what it is given twice.
+    raw_inline_max_bytes: int = Field(1024 * 1024, ge=0)
 
 
 class PolicySettings(Group):

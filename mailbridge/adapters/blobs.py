@@ -1,4 +1,4 @@
-"""Content-addressed file store for attachment bytes: one file per sha256, written atomically."""
+"""Content-addressed file store for attachments and large raw messages: one file per sha256."""
 
 from __future__ import annotations
 
@@ -56,6 +56,18 @@ class BlobStore:
 
     def get(self, sha256: str) -> bytes:
         return self.path_for(sha256).read_bytes()
+
+    def head(self, sha256: str, count: int) -> bytes:
+        """The first `count` bytes of a blob."""
+        with self.path_for(sha256).open("rb") as handle:
+            return handle.read(count)
+
+    def kept_raw(self, inline: bytes, sha256: str, size: int) -> bytes:
+        """A raw message as its inbound row keeps it: `inline`, or from here when that is
+        empty for a non-empty message (see InboundMessage.raw). Raises OSError naming the
+        file when it cannot be read.
+        """
+        return inline if inline or size == 0 else self.get(sha256)
 
     def exists(self, sha256: str) -> bool:
         return self.path_for(sha256).is_file()

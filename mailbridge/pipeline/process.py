@@ -215,7 +215,7 @@ class Processor:
                 raise LookupError(f"no inbound message {inbound_id}")
             if row.state != "failed":
                 raise ValueError(f"inbound message {inbound_id} is {row.state}, not failed")
-            intake = Intake(row.raw, "replay")
+            intake = Intake(self.blobs.kept_raw(row.raw, row.sha256, row.size), "replay")
             key, message_id = row.dedupe_key, row.message_id
         with bound_contextvars(inbound_id=inbound_id, message_id=message_id, replay=True):
             return await self._run(intake, key, message_id, existing_id=inbound_id)
@@ -279,7 +279,8 @@ class Processor:
         calls `writer.finish` and flushes; errors propagate."""
         plan = await self.plan(session, parsed, stage, txn)
         if existing_id is None:
-            inbound = self._inbound_row(intake, key, parsed.message_id, state="done")
+            raw = await self._raw_to_keep(intake.data)
+            inbound = self._inbound_row(intake, key, parsed.message_id, raw, state="done")
         else:
             inbound = await self._reopen(session, existing_id)
         return await self.writer.write(session, inbound, plan, txn)
@@ -296,8 +297,25 @@ class Processor:
         async with self.sessions() as session:
             return (await held_results(session, [key])).get(key)
 
+    async def _raw_to_keep(self, data: bytes, *, quarantine: bool = False) -> bytes:
+        """What the inbound row keeps of the raw message: its bytes, or b"" once a large one
+        is in the blob store (bytes first, row after, as for attachments).
+
+        A quarantine record keeps the bytes in its row when the store refuses them: the
+        failure being recorded may be the store's own.
+        """
+        if len(data) <= self.settings.storage.raw_inline_max_bytes:
+            return data
+        try:
+            await asyncio.to_thread(self.blobs.put, data)
+        except (TransientError, PermanentError):
+            if quarantine:
+                return data
+            raise
+        return b""
+
     def _inbound_row(
-        self, intake: Intake, key: str, message_id: str | None, *, state: str
+        self, intake: Intake, key: str, message_id: str | None, raw: bytes, *, state: str
     ) -> InboundMessage:
         return InboundMessage(
             dedupe_key=key,
@@ -308,7 +326,7 @@ class Processor:
             message_id=clean(message_id, 998) or None,
             sha256=hashlib.sha256(intake.data).hexdigest(),
             size=len(intake.data),
-            raw=intake.data,
+            raw=raw,
             state=state,
             attempts=1,
             reasons=[],
@@ -331,10 +349,11 @@ class Processor:
             exc_info=not isinstance(error, PermanentError),
         )
         try:
+            raw = await self._raw_to_keep(intake.data, quarantine=True)
             async with self.sessions.begin() as session:
                 row = await store.inbound_by_key(session, key)
                 if row is None:
-                    row = self._inbound_row(intake, key, message_id, state="failed")
+                    row = self._inbound_row(intake, key, message_id, raw, state="failed")
                     session.add(row)
                 else:
                     row.attempts += 1

@@ -129,6 +129,58 @@ def fail_one(admin: Admin, message_id: str = "<fails@customer.test>") -> tuple[i
     return int(record["id"]), raw
 
 
+def blob_path(admin: Admin, sha256: str) -> Path:
+    return admin.data_dir / "attachments" / sha256[:2] / sha256[2:4] / sha256
+
+
+def test_a_large_failed_message_kept_in_the_blob_store_is_shown_and_replayed(
+    make_admin: MakeAdmin,
+) -> None:
+    admin = make_admin(storage={"raw_inline_max_bytes": 1024})
+    raw = screenshot_mail(message_id="<large@customer.test>")
+    # Only the screenshot's directory is broken: the raw message itself is stored.
+    image_prefix = hashlib.sha256(png()).hexdigest()[:2]
+    assert hashlib.sha256(raw).hexdigest()[:2] != image_prefix
+    blocked = admin.data_dir / "attachments" / image_prefix
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("not a directory")
+
+    result = admin("ingest", admin.file("large.eml", raw))
+    assert result.exit_code == 0, result.output
+    assert "still failing at store" in result.stdout
+    (inbound,) = admin.db().inbound
+    assert (inbound.raw, inbound.size, len(raw) > 1024) == (b"", len(raw), True)
+    assert blob_path(admin, inbound.sha256).read_bytes() == raw
+
+    (record,) = admin.json("failed", "list")
+    assert record["headers"]["message-id"] == "<large@customer.test>"
+    assert admin("failed", "show", str(inbound.id), "--raw").stdout_bytes == raw
+
+    blocked.unlink()
+    replayed = admin("failed", "replay", str(inbound.id))
+    assert replayed.exit_code == 0, replayed.output
+    assert replayed.stdout.strip() == f"{inbound.id}: ticket created MB-000001"
+
+
+def test_a_large_message_stays_in_its_row_when_the_store_refuses_it(
+    make_admin: MakeAdmin,
+) -> None:
+    admin = make_admin(storage={"raw_inline_max_bytes": 1024})
+    raw = screenshot_mail(message_id="<refused@customer.test>")
+    admin.break_store()
+
+    assert "still failing at store" in admin("ingest", admin.file("a.eml", raw)).stdout
+    (failed,) = admin.db().inbound
+    assert failed.raw == raw
+
+    admin.fix_store()
+    later = screenshot_mail(message_id="<later@customer.test>")
+    assert "ticket created" in admin("ingest", admin.file("b.eml", later)).stdout
+    stored = next(i for i in admin.db().inbound if i.message_id == "<later@customer.test>")
+    assert (stored.raw, stored.outcome) == (b"", "ticket_created")
+    assert blob_path(admin, stored.sha256).read_bytes() == later
+
+
 def test_failed_message_is_listed_shown_replayed_once(admin: Admin) -> None:
     inbound_id, raw = fail_one(admin)
 

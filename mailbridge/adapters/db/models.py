@@ -61,6 +61,8 @@ class InboundMessage(Base):
     message_id: Mapped[str | None] = mapped_column(String(998))
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(Integer)
+    # The raw bytes; or empty, for a non-empty message (size > 0) larger than
+    # storage.raw_inline_max_bytes, whose bytes are in the blob store under sha256.
     raw: Mapped[bytes] = mapped_column(LargeBinary)
     state: Mapped[str] = mapped_column(String(16), index=True)
     outcome: Mapped[str | None] = mapped_column(String(32))

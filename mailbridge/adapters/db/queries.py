@@ -11,6 +11,7 @@ from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
+from mailbridge.adapters.blobs import BlobStore
 from mailbridge.adapters.db.models import (
     Customer,
     InboundMessage,
@@ -70,8 +71,11 @@ def _inbound_query(*, raw: bool) -> Select[Any]:
     )
 
 
-def _inbound_record(row: Any, *, raw: bool) -> InboundRecord:
+def _inbound_record(row: Any, blobs: BlobStore, *, raw: bool) -> InboundRecord:
     inbound: InboundMessage = row[0]
+    head = bytes(row[2] or b"")
+    if not head and inbound.size:  # a large message, kept in the blob store
+        head = blobs.head(inbound.sha256, HEAD_BYTES)
     return InboundRecord(
         id=inbound.id,
         state=inbound.state,
@@ -92,13 +96,14 @@ def _inbound_record(row: Any, *, raw: bool) -> InboundRecord:
         discard_reason=inbound.discard_reason,
         reasons=list(inbound.reasons or []),
         ticket_number=row[1],
-        head=bytes(row[2] or b""),
-        raw=bytes(row[3]) if raw else None,
+        head=head,
+        raw=blobs.kept_raw(bytes(row[3]), inbound.sha256, inbound.size) if raw else None,
     )
 
 
 async def list_inbound(
     session: AsyncSession,
+    blobs: BlobStore,
     *,
     states: Sequence[str] = ("failed",),
     since: datetime | None = None,
@@ -132,15 +137,17 @@ async def list_inbound(
     query = query.order_by(InboundMessage.id)
     if limit:
         query = query.limit(limit)
-    return [_inbound_record(row, raw=False) for row in await session.execute(query)]
+    return [_inbound_record(row, blobs, raw=False) for row in await session.execute(query)]
 
 
 async def get_inbound(
-    session: AsyncSession, inbound_id: int, *, raw: bool = False
+    session: AsyncSession, blobs: BlobStore, inbound_id: int, *, raw: bool = False
 ) -> InboundRecord | None:
+    """One inbound message's record; with `raw`, its bytes too (from the blob store when
+    they are kept there). Raises OSError when they cannot be read."""
     query = _inbound_query(raw=raw).where(InboundMessage.id == inbound_id)
     row = (await session.execute(query)).first()
-    return _inbound_record(row, raw=raw) if row is not None else None
+    return _inbound_record(row, blobs, raw=raw) if row is not None else None
 
 
 async def inbound_states(session: AsyncSession, ids: Sequence[int]) -> dict[int, str]:
