@@ -183,6 +183,7 @@ async def run(context: Context, once: bool) -> None:
     templates. Under systemd (Type=notify) it reports READY, STATUS and WATCHDOG.
     """
     from mailbridge.adapters.allocator import return_large_blocks, share_arenas
+    from mailbridge.adapters.holiday_table import compute_in_child_process
     from mailbridge.adapters.systemd import Notifier
     from mailbridge.app import open_app, upgrade_schema
     from mailbridge.logs import get_logger
@@ -190,6 +191,7 @@ async def run(context: Context, once: bool) -> None:
     log = get_logger(__name__)
     return_large_blocks()
     share_arenas()
+    compute_in_child_process()  # before the settings check asks for the country list
     settings = context.settings
     if settings.database.upgrade_on_start:
         await upgrade_schema(settings)

@@ -233,8 +233,13 @@ class HoursSettings(Group):
     @classmethod
     def _known_country(cls, value: str) -> str:
         from mailbridge.adapters.holiday_table import supported_countries
+        from mailbridge.errors import TransientError
 
-        if value and value.upper() not in supported_countries():
+        try:
+            known = supported_countries() if value else frozenset()
+        except TransientError as error:
+            raise ValueError(str(error)) from None
+        if value and value.upper() not in known:
             raise ValueError(f"the holidays package does not know country {value!r}")
         return value.upper()
 

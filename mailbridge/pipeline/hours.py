@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Final
 from zoneinfo import ZoneInfo
 
 from mailbridge.adapters.holiday_table import holiday_dates
+from mailbridge.errors import TransientError
+from mailbridge.logs import get_logger
 from mailbridge.settings import HoursSettings
+
+log = get_logger(__name__)
 
 DAY_CODES: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -17,22 +22,33 @@ _HORIZON_DAYS: Final = 3 * 366
 
 
 # Holiday dates by country and year, filled as years are asked for and kept for the process's
-# life (a few dozen dates a year).
+# life (a few dozen dates a year); and until when a country's table is known to be unavailable.
 _holiday_tables: dict[str, dict[int, frozenset[date]]] = {}
+_unavailable_until: dict[str, float] = {}
+_RETRY_SECONDS: Final = 600.0
 
 
 def public_holidays(country: str, year: int) -> frozenset[date]:
     """The public holidays (observed days included) of `country` in `year`; empty for "".
 
-    Raises ValueError (naming holidays_country) for a country `holidays` does not know.
+    Raises ValueError (naming holidays_country) for a country `holidays` does not know. When
+    the table cannot be had (the daemon's child interpreter failed), no day is a holiday for
+    the next ten minutes: an acknowledgement that misses a holiday beats mail held back.
     """
     if not country:
         return frozenset()
     table = _holiday_tables.setdefault(country, {})
     if year not in table:
-        # Each lookup runs a child interpreter, so a year brings its neighbours along:
-        # next_opening crosses New Year, and a daemon lives through it.
-        table.update(holiday_dates(country, range(year - 1, year + 3)))
+        if time.monotonic() < _unavailable_until.get(country, 0.0):
+            return frozenset()
+        try:
+            # A look-up may run a child interpreter, so a year brings its neighbours along:
+            # next_opening crosses New Year, and a daemon lives through it.
+            table.update(holiday_dates(country, range(year - 1, year + 3)))
+        except TransientError as error:
+            log.error("holidays_unavailable", country=country, error=str(error))
+            _unavailable_until[country] = time.monotonic() + _RETRY_SECONDS
+            return frozenset()
     return table[year]
 
 

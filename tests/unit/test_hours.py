@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -162,16 +165,58 @@ def test_holidays_are_kept_per_country_and_year() -> None:
     assert date(2026, 12, 1) not in public_holidays("RS", 2026)
 
 
-def test_the_process_that_asks_never_holds_the_holidays_package() -> None:
-    # `holidays` imports all its countries to give one (13 MB for the daemon's whole life);
-    # the dates come from a child interpreter instead.
-    probe = (
-        "import sys\n"
-        "from mailbridge.pipeline.hours import public_holidays\n"
-        "from mailbridge.settings import HoursSettings\n"
-        "HoursSettings(holidays_country='rs')\n"
-        "assert '2027-01-07' in {d.isoformat() for d in public_holidays('RS', 2027)}\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'holidays'))\n"
+# What the daemon does before it loads its settings; then asks as a render would.
+DAEMON_PROBE = """
+import json, sys
+from mailbridge.adapters.holiday_table import compute_in_child_process
+compute_in_child_process()
+from mailbridge.pipeline.hours import public_holidays
+from mailbridge.settings import HoursSettings
+HoursSettings(holidays_country="rs")
+days = {code: sorted(d.isoformat() for d in public_holidays(code, 2027)) for code in ("RS", "RO")}
+loaded = sorted(m for m in sys.modules if m.split(".")[0] == "holidays")
+print(json.dumps({"days": days, "loaded": loaded}))
+"""
+
+
+def probe(env: dict[str, str] | None = None) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-c", DAEMON_PROBE], capture_output=True, text=True, env=env, check=True
     )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
+    return dict(json.loads(done.stdout.splitlines()[-1]))
+
+
+def test_the_daemon_never_holds_the_holidays_package_and_gets_the_same_days() -> None:
+    # `holidays` imports all its countries to give one (13 MB for the daemon's whole life):
+    # the daemon's dates come from a child interpreter, a short command's from the package.
+    answer = probe()
+    assert answer["loaded"] == []
+    for code in ("RS", "RO"):
+        assert answer["days"][code] == sorted(d.isoformat() for d in public_holidays(code, 2027))
+    assert "2027-01-07" in answer["days"]["RS"]
+
+
+def test_a_broken_holidays_package_costs_the_holidays_not_the_mail(tmp_path: Path) -> None:
+    (tmp_path / "holidays.py").write_text("raise ImportError('holidays is broken here')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+
+    config = tmp_path / "m.toml"
+    config.write_text('[hours]\nholidays_country = "RS"\n')
+    checked = subprocess.run(
+        [sys.executable, "-m", "mailbridge", "-c", str(config), "config", "check"],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert checked.returncode == 2
+    [line] = checked.stderr.strip().splitlines()
+    assert "hours.holidays_country" in line
+    assert "holidays is broken here" in line
+
+    # Once the settings are loaded, a failing child means no holidays for a while, not an
+    # exception in the acknowledgement's way.
+    after_settings = DAEMON_PROBE.replace('HoursSettings(holidays_country="rs")', "")
+    done = subprocess.run(
+        [sys.executable, "-c", after_settings], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["days"] == {"RS": [], "RO": []}
+    assert "holidays_unavailable" in done.stdout + done.stderr

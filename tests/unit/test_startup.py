@@ -43,9 +43,9 @@ DATABASE = (
 )
 # And what reads no settings needs no settings library, logging set-up or event loop.
 SETTINGS = ("pydantic", "pydantic_settings", "structlog", "rich", "asyncio", "mailbridge.settings")
-# A long-running process has no use for these: rich draws the admin commands' tables, and
-# the holidays package runs in a child process (both would stay resident, 18 MB).
-RESIDENT = ("rich", "holidays")
+# Only the admin commands' tables need rich (5 MB that structlog would import for its console
+# tracebacks). The daemon's own holidays-in-a-child check is in test_hours.py.
+RESIDENT = ("rich",)
 
 COMMAND_MODULES = {
     "mailbridge.cli_mail",
