@@ -159,15 +159,17 @@ async def _replay_one(app: App, record: queries.InboundRecord, dry_run: bool) ->
         outcome = record.outcome or record.state
         ticket = f" {record.ticket_number}" if record.ticket_number else ""
         return f"{record.state} ({outcome}{ticket}), not failed: nothing to do", "skipped"
-    if dry_run:
-        async with app.sessions() as session:
-            full = await queries.get_inbound(session, app.blobs, record.id, raw=True)
-        line, failing = await _predict(app, full or record)
-        return line, "would still fail" if failing else "would replay"
     try:
+        if dry_run:
+            async with app.sessions() as session:
+                full = await queries.get_inbound(session, app.blobs, record.id, raw=True)
+            line, failing = await _predict(app, full or record)
+            return line, "would still fail" if failing else "would replay"
         result = await app.processor.replay(record.id)
     except (LookupError, ValueError) as error:  # replayed or discarded meanwhile
         return f"{error}: nothing to do", "skipped"
+    except OSError as error:  # its raw bytes are gone from the attachment store
+        return f"cannot replay: {error}", "still failing"
     line = describe_result(result)
     if result.outcome is Outcome.QUARANTINED:
         return line, "still failing"

@@ -36,6 +36,7 @@ class BlobStore:
         if target.exists() and target.stat().st_size == len(data):
             return digest
         try:
+            new_directories = [d for d in (target.parent.parent, target.parent) if not d.is_dir()]
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
             try:
@@ -47,6 +48,10 @@ class BlobStore:
             except BaseException:
                 Path(temp_name).unlink(missing_ok=True)
                 raise
+            # The rename and any new directory must be on disk before the row naming the
+            # file commits: else a power cut could keep the row and lose the only copy.
+            for directory in (target.parent, *(d.parent for d in new_directories)):
+                _sync_directory(directory)
         except OSError as error:
             message = f"attachment store {self.root}: {error.strerror or error}"
             if error.errno in _TRANSIENT_ERRNOS:
@@ -64,10 +69,30 @@ class BlobStore:
 
     def kept_raw(self, inline: bytes, sha256: str, size: int) -> bytes:
         """A raw message as its inbound row keeps it: `inline`, or from here when that is
-        empty for a non-empty message (see InboundMessage.raw). Raises OSError naming the
-        file when it cannot be read.
+        empty for a non-empty message (see InboundMessage.raw).
+
+        Raises OSError naming the file when it cannot be read or is not `size` bytes.
         """
-        return inline if inline or size == 0 else self.get(sha256)
+        if inline or size == 0:
+            return inline
+        path = self.path_for(sha256)
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            reason = f"raw message of {size} bytes unreadable in the attachment store"
+            raise OSError(error.errno, f"{reason} ({error.strerror})", str(path)) from None
+        if len(data) != size:
+            reason = f"raw message is {len(data)} bytes in the attachment store, not {size}"
+            raise OSError(errno.EIO, reason, str(path))
+        return data
 
     def exists(self, sha256: str) -> bool:
         return self.path_for(sha256).is_file()
+
+
+def _sync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

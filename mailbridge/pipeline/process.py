@@ -349,10 +349,10 @@ class Processor:
             exc_info=not isinstance(error, PermanentError),
         )
         try:
-            raw = await self._raw_to_keep(intake.data, quarantine=True)
             async with self.sessions.begin() as session:
                 row = await store.inbound_by_key(session, key)
                 if row is None:
+                    raw = await self._raw_to_keep(intake.data, quarantine=True)
                     row = self._inbound_row(intake, key, message_id, raw, state="failed")
                     session.add(row)
                 else:

@@ -133,33 +133,71 @@ def blob_path(admin: Admin, sha256: str) -> Path:
     return admin.data_dir / "attachments" / sha256[:2] / sha256[2:4] / sha256
 
 
-def test_a_large_failed_message_kept_in_the_blob_store_is_shown_and_replayed(
-    make_admin: MakeAdmin,
-) -> None:
-    admin = make_admin(storage={"raw_inline_max_bytes": 1024})
-    raw = screenshot_mail(message_id="<large@customer.test>")
-    # Only the screenshot's directory is broken: the raw message itself is stored.
+def fail_large(admin: Admin) -> tuple[Any, bytes, Path]:
+    """A large message whose screenshot cannot be stored, while the message itself can."""
     image_prefix = hashlib.sha256(png()).hexdigest()[:2]
-    assert hashlib.sha256(raw).hexdigest()[:2] != image_prefix
+    raw = next(
+        mail
+        for n in range(1000)
+        if hashlib.sha256(
+            mail := screenshot_mail(message_id=f"<large{n}@customer.test>")
+        ).hexdigest()[:2]
+        != image_prefix
+    )
     blocked = admin.data_dir / "attachments" / image_prefix
     blocked.parent.mkdir(parents=True)
     blocked.write_text("not a directory")
-
     result = admin("ingest", admin.file("large.eml", raw))
     assert result.exit_code == 0, result.output
     assert "still failing at store" in result.stdout
     (inbound,) = admin.db().inbound
+    return inbound, raw, blocked
+
+
+def test_a_large_failed_message_kept_in_the_blob_store_is_shown_and_replayed(
+    make_admin: MakeAdmin,
+) -> None:
+    admin = make_admin(storage={"raw_inline_max_bytes": 1024})
+    inbound, raw, blocked = fail_large(admin)
     assert (inbound.raw, inbound.size, len(raw) > 1024) == (b"", len(raw), True)
     assert blob_path(admin, inbound.sha256).read_bytes() == raw
 
     (record,) = admin.json("failed", "list")
-    assert record["headers"]["message-id"] == "<large@customer.test>"
+    assert record["headers"]["message-id"] == inbound.message_id
     assert admin("failed", "show", str(inbound.id), "--raw").stdout_bytes == raw
 
     blocked.unlink()
     replayed = admin("failed", "replay", str(inbound.id))
     assert replayed.exit_code == 0, replayed.output
     assert replayed.stdout.strip() == f"{inbound.id}: ticket created MB-000001"
+
+
+def test_a_large_message_whose_file_is_gone_stays_listed_and_each_command_says_so(
+    make_admin: MakeAdmin,
+) -> None:
+    admin = make_admin(storage={"raw_inline_max_bytes": 1024})
+    inbound, _raw, blocked = fail_large(admin)
+    blocked.unlink()
+    path = blob_path(admin, inbound.sha256)
+    path.unlink()  # e.g. the database restored without the attachment store
+
+    (record,) = admin.json("failed", "list")
+    assert (record["id"], record["stage"]) == (inbound.id, "store")
+    shown = admin("failed", "show", str(inbound.id))
+    assert shown.exit_code == 0, shown.output
+    assert "store" in shown.stdout
+    for args in (("failed", "show", str(inbound.id), "--raw"), ("failed", "replay", "--all")):
+        result = admin(*args)
+        assert result.exit_code == 1, result.output
+        assert "unreadable in the attachment store" in result.output
+        assert str(path) in result.output
+    assert admin.db().tickets == []
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"cut short")
+    result = admin("failed", "show", str(inbound.id), "--raw")
+    assert result.exit_code == 1
+    assert f"raw message is 9 bytes in the attachment store, not {inbound.size}" in one_line(result)
 
 
 def test_a_large_message_stays_in_its_row_when_the_store_refuses_it(
