@@ -234,22 +234,25 @@ class MailboxWorker:
         uids = await client.search_unsettled(self.imap.done_keyword)
         self.liveness.beat()
         handled = 0
+        trimmed = False  # just after a trim, the heap has nothing to give back
         # Sizes are asked for a window at a time, so a backlog of 20,000 holds one window's.
         for start in range(0, len(uids), SIZE_WINDOW):
             if stop.is_set():
                 break
             window = uids[start : start + SIZE_WINDOW]
             sizes = await client.sizes(window)
+            self.liveness.beat()
             limits = (self.imap.fetch_batch, self.imap.fetch_batch_bytes)
             for batch in fetch_batches(window, sizes, *limits):
                 if stop.is_set():
                     break
                 large = max(sizes.get(uid, 0) for uid in batch) >= LARGE_MESSAGE_BYTES
-                if large:
+                if large and not trimmed:
                     give_back_free_memory()
                 handled += await self._handle_batch(client, state, batch, stop)
                 if large:
                     give_back_free_memory()
+                trimmed = large
         return handled
 
     async def _handle_batch(

@@ -259,6 +259,14 @@ async def test_a_backlog_longer_than_a_size_window_drains_whole_and_in_order(  #
     # Sizes are read a window of UIDs at a time (1,000 in production): windows of 2 and
     # batches of 2 here, so 5 messages cross both boundaries.
     monkeypatch.setattr(mailbox_worker, "SIZE_WINDOW", 2)
+    asked: list[list[int]] = []
+    real_sizes = ImapClient.sizes
+
+    async def sizes(client, uids):  # type: ignore[no-untyped-def]
+        asked.append(list(uids))
+        return await real_sizes(client, uids)
+
+    monkeypatch.setattr(ImapClient, "sizes", sizes)
     settings = settings_for(imap={"fetch_batch": 2})
     subjects = [f"problem {n}" for n in range(1, 6)]
     for subject in subjects:
@@ -272,6 +280,31 @@ async def test_a_backlog_longer_than_a_size_window_drains_whole_and_in_order(  #
     assert len(smtp_sink.messages) == 5
     assert mailbox.uids("INBOX") == []
     assert len(mailbox.uids("Processed")) == 5
+    assert [len(uids) for uids in asked] == [2, 2, 1]
+
+
+async def test_memory_is_given_back_around_large_messages_once_between_two(  # type: ignore[no-untyped-def]
+    settings_for, mailbox, monkeypatch
+):
+    calls: list[str] = []
+    monkeypatch.setattr(mailbox_worker, "LARGE_MESSAGE_BYTES", 1_000)
+    monkeypatch.setattr(mailbox_worker, "give_back_free_memory", lambda: calls.append("trim"))
+    real_handle = mailbox_worker.MailboxWorker._handle_batch
+
+    async def handle(worker, client, state, batch, stop):  # type: ignore[no-untyped-def]
+        calls.append("batch")
+        return await real_handle(worker, client, state, batch, stop)
+
+    monkeypatch.setattr(mailbox_worker.MailboxWorker, "_handle_batch", handle)
+    settings = settings_for(imap={"fetch_batch": 1})
+    large = [("screen.png", png(200, 150))]  # 2.5 KB with it, 0.3 KB without: "large" here
+    for subject, images in (("a", []), ("b", large), ("c", large), ("d", [])):
+        mailbox.append(make_mail(to=mailbox.user, subject=subject, images=images))
+
+    await run_once(settings)
+
+    assert len((await read_db(settings)).tickets) == 4
+    assert calls == ["batch", "trim", "batch", "trim", "batch", "trim", "batch"]
 
 
 async def test_a_broken_message_is_quarantined_and_the_rest_flow(settings_for, mailbox):  # type: ignore[no-untyped-def]
