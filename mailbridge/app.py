@@ -105,8 +105,8 @@ class App:
             for name, account in self.settings.imap_accounts.items()
             for folder in account.folders
         ]
-        # The holiday table comes from a child interpreter (about 0.2 s): ask for it now, not
-        # while the first acknowledgement is rendered and the mail waits.
+        # Under `run` the holiday table comes from a child interpreter (about 0.2 s): ask for
+        # it now, not while the first acknowledgement is rendered and the mail waits.
         public_holidays(self.settings.hours.holidays_country, date.today().year)
         smtp = self.settings.smtp
         sender = SmtpSender(smtp, token_source=self.token_sources.get(("smtp", "smtp")))
