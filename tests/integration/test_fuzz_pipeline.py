@@ -84,8 +84,12 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     url = f"sqlite+aiosqlite:///{root / 'fuzz.db'}"
     settings = Settings(
         database=DatabaseSettings(url=url),
+        # Raws over 64 KB go to the blob store: the oversized inputs take that path.
         storage=StorageSettings(
-            data_dir=root / "data", max_message_bytes=512 * 1024, max_attachment_bytes=256 * 1024
+            data_dir=root / "data",
+            max_message_bytes=512 * 1024,
+            max_attachment_bytes=256 * 1024,
+            raw_inline_max_bytes=64 * 1024,
         ),
         policy=PolicySettings(cc_mode="reject"),
         ack=AckSettings(from_address="support@example.test"),
@@ -330,6 +334,8 @@ def _check_one(pipeline: Pipeline, data: bytes) -> None:
     assert row is not None, "no inbound record for the input"
     assert (row.state, row.outcome) in TERMINAL, (row.state, row.outcome)
     assert row.outcome == outcome.value
+    if row.sha256 == hashlib.sha256(data).hexdigest():  # not a copy of an earlier input
+        assert pipeline.processor.blobs.kept_raw(row.raw, row.sha256, row.size) == data
     if row.state == "failed":
         assert row.stage
         assert row.error
