@@ -6,6 +6,7 @@ import ctypes
 import gc
 import os
 import sys
+from typing import Any
 
 # mallopt(3) parameters: blocks at least this large are mmap'd and so returned on free; the
 # most arenas (per-thread heaps) glibc creates.
@@ -45,21 +46,21 @@ def give_back_free_memory() -> bool:
     without it, 163 MB with it; each call costs about 40 ms of CPU (the full collection).
     """
     gc.collect()
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        malloc_trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return False
-    return bool(malloc_trim(0))
+    malloc_trim = _glibc("malloc_trim")
+    return malloc_trim is not None and bool(malloc_trim(0))
 
 
 def _mallopt(parameter: int, value: int, *, unless: str) -> bool:
     """glibc's mallopt(parameter, value), unless the operator set `unless` in the environment."""
-    if not sys.platform.startswith("linux") or unless in os.environ:
-        return False
+    mallopt = None if unless in os.environ else _glibc("mallopt")
+    return mallopt is not None and bool(mallopt(parameter, value))
+
+
+def _glibc(name: str) -> Any:
+    """The C library's function `name` on Linux; None elsewhere or when it has none."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
-        mallopt = ctypes.CDLL(None).mallopt
+        return getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
-        return False
-    return bool(mallopt(parameter, value))
+        return None
