@@ -98,6 +98,14 @@ class Sink:
             return self.count
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine has spent not idle since boot (`/proc/stat`)."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 # --- mailbox and database set-up -----------------------------------------------------------------
 
 
@@ -232,11 +240,21 @@ class Drain:
     peak_rss_mb: float
     largest_mb: float
     cpu_seconds: float  # the daemon's user + system CPU from its connection to the last ack
+    machine_cpu_seconds: float = 0.0  # every process's, over the same span: Dovecot, sink, DB
+    machine_span: float = 0.0  # wall seconds of that span
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def cpu_ms_per_message(self) -> float:
         return 1000 * self.cpu_seconds / self.messages
+
+    @property
+    def machine_ms_per_message(self) -> float:
+        return 1000 * self.machine_cpu_seconds / self.messages
+
+    @property
+    def cores_busy(self) -> float:
+        return self.machine_cpu_seconds / self.machine_span if self.machine_span else 0.0
 
     @property
     def rate(self) -> float:
@@ -258,8 +276,11 @@ def drain(server: DovecotServer, sink: Sink, kind: str, count: int, root: Path, 
         try:
             wait_for(lambda: daemon.first_time("mailbox_connected"), 60, "a connection", daemon)
             cpu_at_start = daemon.cpu_seconds()  # after start-up: the drain's own CPU below
+            busy_at_start, span = machine_busy_seconds(), time.perf_counter()
             wait_for(lambda: sink.answered(ids) == len(ids), 60 + count, "every ack", daemon)
             cpu = daemon.cpu_seconds() - cpu_at_start
+            busy = machine_busy_seconds() - busy_at_start
+            span = time.perf_counter() - span
             began = daemon.first_time("mailbox_connected")
             assert began is not None
             seconds = sink.last(ids) - began
@@ -268,7 +289,7 @@ def drain(server: DovecotServer, sink: Sink, kind: str, count: int, root: Path, 
             daemon.stop()
     size = sum(len(mail.data) for mail in mails) / 1e6
     largest = max(len(mail.data) for mail in mails) / 1e6
-    return Drain(f"{kind}", count, size, seconds, rss, largest, cpu)
+    return Drain(f"{kind}", count, size, seconds, rss, largest, cpu, busy, span)
 
 
 def idle_latency(server: DovecotServer, sink: Sink, root: Path, samples: int) -> list[float]:
@@ -414,10 +435,14 @@ def main() -> None:
                 "rate": result.rate,
                 "mb_rate": result.mb_rate,
                 "cpu_ms_per_message": result.cpu_ms_per_message,
+                "machine_ms_per_message": result.machine_ms_per_message,
+                "cores_busy": result.cores_busy,
             }
             print(f"drain {kind:10} {result.messages} msgs {result.megabytes:.0f} MB in "
                   f"{result.seconds:.1f}s: {result.rate:.0f} msg/s, {result.mb_rate:.1f} MB/s, "
-                  f"daemon CPU {result.cpu_ms_per_message:.1f} ms/msg, "
+                  f"daemon CPU {result.cpu_ms_per_message:.1f} ms/msg, machine CPU "
+                  f"{result.machine_ms_per_message:.1f} ms/msg ({result.cores_busy:.2f} of "
+                  f"{os.cpu_count()} cores busy), "
                   f"peak RSS {result.peak_rss_mb:.0f} MB", flush=True)  # fmt: skip
         if args.latency_samples:
             notify = dovecot_notify_delay(server, min(20, args.latency_samples))
