@@ -33,9 +33,9 @@ class BlobStore:
         """Store `data` and return its sha256; storing bytes already present is a no-op."""
         digest = hashlib.sha256(data).hexdigest()
         target = self.path_for(digest)
-        if target.exists() and target.stat().st_size == len(data):
-            return digest
         try:
+            if target.exists() and target.stat().st_size == len(data):
+                return digest
             new_directories = [d for d in (target.parent.parent, target.parent) if not d.is_dir()]
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")

@@ -31,3 +31,17 @@ def test_unwritable_store_is_a_permanent_store_failure(tmp_path: Path) -> None:
 def test_a_digest_is_never_a_path(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="sha256"):
         BlobStore(tmp_path).path_for("../../etc/passwd")
+
+
+def test_a_failing_look_up_of_the_file_is_a_store_failure_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As root no permission bit refuses a stat, so the refusal is injected at Path.stat.
+    def refuse(self: Path, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    store = BlobStore(tmp_path / "blobs")
+    monkeypatch.setattr(Path, "stat", refuse)
+    with pytest.raises(PermanentError, match="Permission denied") as caught:
+        store.put(b"data")
+    assert caught.value.stage == "store"
