@@ -14,12 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mailbridge.adapters.db import store
 from mailbridge.errors import PermanentError, TransientError
 from mailbridge.logs import bound_contextvars, get_logger
+from mailbridge.pipeline.dedupe import dedupe_key, distinct_keys
 from mailbridge.pipeline.mailsafe import recipient_key
 from mailbridge.pipeline.process import (
     Processor,
     StageTracker,
     advance_checkpoint,
-    dedupe_key,
     held_results,
     log_result,
 )
@@ -138,6 +138,18 @@ async def _in_one_transaction(
     keys = [dedupe_key(intake.data) for intake in intakes]
     async with processor.sessions() as session:
         known = await held_results(session, [key for key, _message_id in keys])
+        # A Message-ID reused by another message (held, or earlier in this batch) gets a
+        # key of its own: a re-fetch is a duplicate, a different message is not.
+        distinct = await distinct_keys(
+            session,
+            processor.blobs,
+            [(key, intake.data) for (key, _id), intake in zip(keys, intakes, strict=True)],
+            set(known),
+        )
+        renamed = [new for new, (old, _id) in zip(distinct, keys, strict=True) if new != old]
+        if renamed:
+            known |= await held_results(session, renamed)
+        keys = [(new, message_id) for new, (_old, message_id) in zip(distinct, keys, strict=True)]
     # Parsed outside the transaction (no connection held idle meanwhile) and before it, so
     # that one query per batch answers the plan's questions about every sender.
     parsed, parse_seconds = await _parse_all(processor, intakes, keys, known, stop, beat)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -18,6 +17,7 @@ from mailbridge.adapters.db.store import clean
 from mailbridge.errors import PermanentError, TransientError
 from mailbridge.logs import bound_contextvars, get_logger
 from mailbridge.pipeline.classify import classify
+from mailbridge.pipeline.dedupe import dedupe_key, same_as_held, variant_key
 from mailbridge.pipeline.language import choose_language
 from mailbridge.pipeline.mailsafe import recipient_key
 from mailbridge.pipeline.parse import parse_message
@@ -42,7 +42,6 @@ log = get_logger(__name__)
 
 # Parsing a large message takes a while in pure Python; off the loop it cannot stall IDLE.
 _PARSE_OFF_LOOP_BYTES = 256 * 1024
-_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 
 
 class StageTracker:
@@ -52,17 +51,6 @@ class StageTracker:
 
     def __init__(self, name: str = "parse") -> None:
         self.name = name
-
-
-def dedupe_key(data: bytes) -> tuple[str, str | None]:
-    """(key, message_id): the Message-ID when the header block has one, else the sha256."""
-    header_block = re.split(rb"\r?\n\r?\n", data, maxsplit=1)[0]
-    found = _MESSAGE_ID.search(header_block)
-    if found:
-        text = re.sub(r"\s+", "", found.group(1).decode("ascii", "replace"))
-        if 2 < len(text) <= 500:
-            return f"mid:{text}", text
-    return f"sha256:{hashlib.sha256(data).hexdigest()}", None
 
 
 async def held_results(session: AsyncSession, keys: Sequence[str]) -> dict[str, ProcessResult]:
@@ -202,6 +190,9 @@ class Processor:
         # libraries' stdlib records included (logs.configure merges them).
         with bound_contextvars(mailbox=intake.mailbox, uid=intake.uid, message_id=message_id):
             existing = await self._existing(key)
+            if existing is not None and not await self._same_as_held(key, intake.data):
+                key = variant_key(key, intake.data)
+                existing = await self._existing(key)
             if existing is not None:
                 log.info("message_already_held", inbound_id=existing.inbound_id)
                 return existing
@@ -296,6 +287,10 @@ class Processor:
     async def _existing(self, key: str) -> ProcessResult | None:
         async with self.sessions() as session:
             return (await held_results(session, [key])).get(key)
+
+    async def _same_as_held(self, key: str, data: bytes) -> bool:
+        async with self.sessions() as session:
+            return await same_as_held(session, self.blobs, key, data)
 
     async def _raw_to_keep(self, data: bytes, *, quarantine: bool = False) -> bytes:
         """What the inbound row keeps of the raw message: its bytes, or b"" once a large one

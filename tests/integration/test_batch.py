@@ -11,7 +11,8 @@ from mailbridge.adapters.db import store
 from mailbridge.adapters.db.models import Customer, InboundMessage
 from mailbridge.app import open_app
 from mailbridge.pipeline.batch import process_batch
-from mailbridge.records import Intake, Outcome
+from mailbridge.pipeline.process import Processor
+from mailbridge.records import Intake, Outcome, ProcessResult
 from mailbridge.settings import AckSettings, DatabaseSettings, Settings, StorageSettings
 from tests.integration.harness import make_mail, png, read_db
 
@@ -179,3 +180,76 @@ async def test_the_checkpoint_moves_to_the_batch_s_highest_uid(
     assert sorted(rows) == [40, 41, 42]
     assert point is not None
     assert (point.uidvalidity, point.last_uid) == (7, 42)
+
+
+REUSED = "<1700000000@mailer.test>"  # a broken mailer's Message-ID: the time, in seconds
+
+
+def _ana_and_bob() -> tuple[bytes, bytes]:
+    ana = make_mail(to=SUPPORT, sender="Ana <ana@customer.test>", message_id=REUSED)
+    bob = make_mail(
+        to=SUPPORT,
+        sender="Bob <bob@other.test>",
+        subject="The invoice total is wrong",
+        body="Hello,\n\ninvoice 117 counts the hosting twice.\n\nBob",
+        message_id=REUSED,
+    )
+    return ana, bob
+
+
+async def _first_time(
+    processor: Processor, path: str, ana: bytes, bob: bytes
+) -> list[ProcessResult]:
+    if path == "one-batch":
+        return [item.result for item in await process_batch(processor, intakes(ana, bob))]
+    results = [item.result for item in await process_batch(processor, intakes(ana))]
+    if path == "two-batches":
+        later = await process_batch(processor, intakes(bob, first_uid=2))
+        return results + [item.result for item in later]
+    return [*results, await processor.process(intakes(bob, first_uid=2)[0])]
+
+
+@pytest.mark.parametrize("path", ["one-batch", "two-batches", "one-at-a-time"])
+async def test_another_message_reusing_a_message_id_gets_its_own_ticket(
+    database_url: str, tmp_path: Path, path: str
+) -> None:
+    settings = settings_for(database_url, tmp_path)
+    ana, bob = _ana_and_bob()
+    async with open_app(settings) as app:
+        first = await _first_time(app.processor, path, ana, bob)
+        again = await process_batch(app.processor, intakes(bob, ana, first_uid=3))
+        alone = await app.processor.process(intakes(bob, first_uid=5)[0])
+
+    state = await read_db(settings)
+    assert [result.outcome for result in first] == [Outcome.TICKET_CREATED] * 2
+    assert sorted(t.requester_email for t in state.tickets) == [
+        "ana@customer.test",
+        "bob@other.test",
+    ]
+    assert sorted(row.rcpt_to for row in state.outbox) == ["ana@customer.test", "bob@other.test"]
+    assert len(state.inbound) == 2
+    # A re-fetch of either is still the message held, not a third one.
+    assert [h.result.duplicate for h in again] == [True, True]
+    assert alone.duplicate
+    bob_ticket = next(t.number for t in state.tickets if t.requester_email == "bob@other.test")
+    assert again[0].result.ticket_number == alone.ticket_number == bob_ticket
+
+
+async def test_a_copy_that_took_another_route_is_the_same_message(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = settings_for(database_url, tmp_path)
+    mail = make_mail(to=SUPPORT, message_id="<route@customer.test>")
+    routed = (
+        b"Received: from relay2.isp.test by mx.example.test; Sun, 22 Nov 2026 10:00:00 +0000\r\n"
+        b"Delivered-To: office@example.test\r\nX-Spam-Score: 0.3\r\n" + mail
+    )
+    async with open_app(settings) as app:
+        await process_batch(app.processor, intakes(mail))
+        batched = await process_batch(app.processor, intakes(routed, routed, first_uid=2))
+        alone = await app.processor.process(intakes(routed, first_uid=4)[0])
+
+    state = await read_db(settings)
+    assert (len(state.tickets), len(state.inbound), len(state.outbox)) == (1, 1, 1)
+    assert [h.result.duplicate for h in batched] == [True, True]
+    assert alone.duplicate

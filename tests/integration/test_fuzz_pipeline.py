@@ -27,13 +27,14 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailbridge.adapters.blobs import BlobStore
-from mailbridge.adapters.db import store
 from mailbridge.adapters.db.engine import make_engine, make_sessionmaker, upgrade
 from mailbridge.adapters.db.models import InboundMessage
 from mailbridge.pipeline.batch import process_batch
-from mailbridge.pipeline.process import Processor, dedupe_key
+from mailbridge.pipeline.dedupe import dedupe_key, same_message, variant_key
+from mailbridge.pipeline.process import Processor
 from mailbridge.records import Intake, Outcome, ProcessResult
 from mailbridge.settings import (
     AckSettings,
@@ -306,12 +307,26 @@ FUZZ = settings(
 )
 
 
+async def _record_of(
+    session: AsyncSession, blobs: BlobStore, data: bytes, result: ProcessResult
+) -> InboundMessage | None:
+    """The record an input ended in, as its result names it: its own, or, for a copy of an
+    earlier input, that one's. Either way it must be held under the input's key."""
+    row = await session.get(InboundMessage, result.inbound_id) if result.inbound_id else None
+    if row is None:
+        return None
+    key, _message_id = dedupe_key(data)
+    assert row.dedupe_key in (key, variant_key(key, data)), "the result names another record"
+    if row.sha256 != hashlib.sha256(data).hexdigest():
+        assert same_message(blobs.kept_raw(row.raw, row.sha256, row.size), data)
+    return row
+
+
 async def _process_and_read(pipeline: Pipeline, data: bytes) -> tuple[Outcome, object]:
     intake = Intake(data, "imap", "fuzz@example.test/INBOX", 1, next(pipeline.uids))
     result = await pipeline.processor.process(intake)
-    key, _message_id = dedupe_key(data)
     async with pipeline.processor.sessions() as session:
-        row = await store.inbound_by_key(session, key)
+        row = await _record_of(session, pipeline.processor.blobs, data, result)
     return result.outcome, row
 
 
@@ -357,8 +372,8 @@ async def _batch_and_read(
     read = []
     async with pipeline.processor.sessions() as session:
         for item in handled:
-            key, _message_id = dedupe_key(item.intake.data)
-            read.append((item.result, await store.inbound_by_key(session, key)))
+            row = await _record_of(session, pipeline.processor.blobs, item.intake.data, item.result)
+            read.append((item.result, row))
     return read
 
 

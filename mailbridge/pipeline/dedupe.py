@@ -1,0 +1,106 @@
+"""Which message is which: dedupe keys, and a re-fetch told apart from a reused Message-ID."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Sequence
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mailbridge.adapters.blobs import BlobStore
+from mailbridge.adapters.db import store
+from mailbridge.logs import get_logger
+
+log = get_logger(__name__)
+
+_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+# What the author wrote, as opposed to what servers add on the way (Received, Delivered-To,
+# Return-Path, signatures, spam scores): two copies of one message agree on these.
+_AUTHOR_HEADERS = (b"from", b"date", b"subject")
+_KEY_LIMIT = 512  # InboundMessage.dedupe_key
+
+
+def dedupe_key(data: bytes) -> tuple[str, str | None]:
+    """(key, message_id): the Message-ID when the header block has one, else the sha256."""
+    header_block = _HEADER_END.split(data, maxsplit=1)[0]
+    found = _MESSAGE_ID.search(header_block)
+    if found:
+        text = re.sub(r"\s+", "", found.group(1).decode("ascii", "replace"))
+        if 2 < len(text) <= 500:
+            return f"mid:{text}", text
+    return f"sha256:{hashlib.sha256(data).hexdigest()}", None
+
+
+def content_fingerprint(data: bytes) -> str:
+    """The author's headers and the body, normalised: equal for copies of one message that
+    took different routes, different for two messages that share a Message-ID."""
+    parts = _HEADER_END.split(data, maxsplit=1)
+    head, body = parts[0], parts[1] if len(parts) > 1 else b""
+    unfolded = re.sub(rb"\r?\n[ \t]+", b" ", head)
+    values: dict[bytes, bytes] = {}
+    for line in unfolded.splitlines():
+        name, colon, value = line.partition(b":")
+        name = name.strip().lower()
+        if colon and name in _AUTHOR_HEADERS and name not in values:
+            values[name] = b" ".join(value.split())
+    digest = hashlib.sha256()
+    for name in _AUTHOR_HEADERS:
+        digest.update(values.get(name, b"") + b"\0")
+    digest.update(b"\n".join(line.rstrip() for line in body.splitlines()).rstrip())
+    return digest.hexdigest()
+
+
+def same_message(first: bytes, second: bytes) -> bool:
+    return first == second or content_fingerprint(first) == content_fingerprint(second)
+
+
+def variant_key(key: str, data: bytes) -> str:
+    """The key of a message that reuses the Message-ID of another one, with other content."""
+    suffix = "#" + content_fingerprint(data)[:16]
+    return key[: _KEY_LIMIT - len(suffix)] + suffix
+
+
+async def same_as_held(session: AsyncSession, blobs: BlobStore, key: str, data: bytes) -> bool:
+    """Whether `data` is the message held under `key` (a re-fetch, a copy), not another one
+    that reuses its Message-ID. Only a differing raw costs a read of the held one."""
+    row = await store.inbound_by_key(session, key)
+    if row is None or row.sha256 == hashlib.sha256(data).hexdigest():
+        return True
+    try:
+        held = await asyncio.to_thread(blobs.kept_raw, row.raw, row.sha256, row.size)
+    except OSError as error:
+        # Unreadable, the held one cannot be compared: a second ticket for one message is
+        # the lesser harm than dropping a different one unrecorded.
+        log.warning("held_raw_unreadable", inbound_id=row.id, error=str(error))
+        return False
+    if same_message(held, data):
+        return True
+    log.warning("message_id_reused", key=key, held_inbound_id=row.id)
+    return False
+
+
+async def distinct_keys(
+    session: AsyncSession,
+    blobs: BlobStore,
+    items: Sequence[tuple[str, bytes]],
+    held: set[str],
+) -> list[str]:
+    """Each (key, raw)'s key, made a variant where its Message-ID is held, or came earlier in
+    `items`, with other content; `held` is the set of keys already in the database."""
+    keys: list[str] = []
+    first: dict[str, bytes] = {}
+    for key, data in items:
+        if not key.startswith("mid:"):
+            keys.append(key)
+        elif key in held:
+            same = await same_as_held(session, blobs, key, data)
+            keys.append(key if same else variant_key(key, data))
+        elif key in first:
+            keys.append(key if same_message(first[key], data) else variant_key(key, data))
+        else:
+            first[key] = data
+            keys.append(key)
+    return keys
