@@ -346,6 +346,12 @@ class Processor:
         try:
             async with self.sessions.begin() as session:
                 row = await store.inbound_by_key(session, key)
+                if row is not None and row.state != "failed":
+                    # Another worker committed this message meanwhile (the same mail in two
+                    # folders): its record stands, and this copy is a duplicate of it.
+                    held = (await held_results(session, [key]))[key]
+                    log.info("message_already_held", inbound_id=held.inbound_id)
+                    return held
                 if row is None:
                     raw = await self._raw_to_keep(intake.data, quarantine=True)
                     row = self._inbound_row(intake, key, message_id, raw, state="failed")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from mailbridge.adapters.db import store
 from mailbridge.adapters.db.models import Customer, InboundMessage
@@ -253,3 +254,36 @@ async def test_a_copy_that_took_another_route_is_the_same_message(
     assert (len(state.tickets), len(state.inbound), len(state.outbox)) == (1, 1, 1)
     assert [h.result.duplicate for h in batched] == [True, True]
     assert alone.duplicate
+
+
+async def test_a_failure_after_another_worker_committed_the_message_leaves_its_ticket_alone(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same mail in two folders: worker B finds nothing held, worker A commits it, then
+    B's write fails with a database error that is no integrity error (a deadlock, a statement
+    timeout). B must not turn A's ticket into a quarantine that a replay would ticket again."""
+    settings = settings_for(database_url, tmp_path)
+    data = make_mail(to=SUPPORT, message_id="<two-folders@customer.test>")
+    write_one = Processor.write_one
+    async with open_app(settings) as app:
+        worker_a = Processor(settings, app.sessions, app.blobs)
+
+        async def interleaved(self: Processor, *args: object, **kwargs: object) -> object:
+            if self is app.processor:  # only B's write is interleaved (the race is timing)
+                await worker_a.process(Intake(data, "imap", "office@localhost/INBOX", 1, 9))
+                raise DBAPIError("INSERT ...", {}, Exception("deadlock detected"))
+            return await write_one(self, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(Processor, "write_one", interleaved)
+        result = await app.processor.process(intakes(data)[0])
+        monkeypatch.setattr(Processor, "write_one", write_one)
+        state = await read_db(settings)
+        with pytest.raises(ValueError, match="not failed"):
+            await app.processor.replay(state.inbound[0].id)
+
+    state = await read_db(settings)
+    assert result.duplicate
+    assert result.outcome is Outcome.TICKET_CREATED
+    assert [(row.state, row.outcome) for row in state.inbound] == [("done", "ticket_created")]
+    assert len(state.tickets) == 1
+    assert len(state.outbox) == 1
