@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.util import greenlet_spawn
 
 from mailbridge.adapters.db.models import Outbox
+from mailbridge.adapters.db.sender_lock import SenderLock
 from mailbridge.adapters.smtp import SendResult, SendStatus, SmtpSender, retry_delay
 from mailbridge.errors import TransientError
 from mailbridge.logs import get_logger
@@ -22,6 +23,8 @@ from mailbridge.settings import SmtpSettings
 log = get_logger(__name__)
 
 _BATCH = 50
+# How long a drain waits for another process's drain to end before leaving the rows to it.
+LOCK_WAIT_SECONDS = 10.0
 
 
 def _recording(*dated: str) -> Update:
@@ -140,22 +143,31 @@ class OutboxWorker:
         self.rng = rng or random.Random()
         self.kick = asyncio.Event()
         self.last_progress = clock()
+        self.lock = SenderLock(sessions.kw["bind"])
 
     async def drain(self, *, include_not_due: bool = False) -> DrainReport:
         """Send every due row (every pending row when `include_not_due`), batch by batch.
 
         One pass visits each row at most once, in id order: a row retried for later is not
-        picked up again by the same pass.
+        picked up again by the same pass. Only one process drains a database at a time (see
+        SenderLock): a pass that cannot have the lock within LOCK_WAIT_SECONDS sends nothing
+        and leaves the rows to the process draining them.
         """
-        total = DrainReport()
-        after = 0
-        while True:
-            rows = await self._due(include_not_due, after)
-            if not rows:
-                return total
-            for row in rows:
-                after = row.id
-                total = total + await self._send_one(row)
+        if not await self.lock.acquire(LOCK_WAIT_SECONDS):
+            log.info("outbox_busy_elsewhere", waited_seconds=LOCK_WAIT_SECONDS)
+            return DrainReport()
+        try:
+            total = DrainReport()
+            after = 0
+            while True:
+                rows = await self._due(include_not_due, after)
+                if not rows:
+                    return total
+                for row in rows:
+                    after = row.id
+                    total = total + await self._send_one(row)
+        finally:
+            await self.lock.release()
 
     async def _due(self, include_not_due: bool, after: int) -> list[Outbox]:
         # Keyset paging (id > the last one seen), not "id NOT IN (every id seen)": that list

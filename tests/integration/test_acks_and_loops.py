@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,7 +11,10 @@ import pytest
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
+from mailbridge import delivery
+from mailbridge.adapters.db.engine import make_engine
 from mailbridge.adapters.db.models import InboundMessage, Outbox
+from mailbridge.adapters.db.sender_lock import SenderLock
 from mailbridge.adapters.smtp import SendResult, SendStatus
 from mailbridge.app import open_app
 from mailbridge.delivery import OutboxWorker, next_state
@@ -250,3 +254,51 @@ async def test_two_helpdesks_do_not_answer_each_other(tmp_path: Path, smtp_sink:
         (row,) = (await session.scalars(select(InboundMessage))).all()
     rules = {r["rule"] for r in row.reasons}
     assert "auto_submitted" in rules
+
+
+async def test_two_drains_at_once_send_each_ack_once(
+    database_url: str, tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    """Two senders on one database (a cron `run --once` beside the daemon, two daemons
+    overlapping in a deploy) must not both send the rows they both read as pending."""
+    settings = settings_for(database_url, tmp_path, smtp_sink)
+    await ingest(settings, *(make_mail(to=SUPPORT, subject=f"Problem {n}") for n in range(5)))
+    async with open_app(settings) as app:
+        first = OutboxWorker(settings.smtp, app.sessions)
+        second = OutboxWorker(settings.smtp, app.sessions)
+        try:
+            reports = await asyncio.gather(
+                first.drain(include_not_due=True), second.drain(include_not_due=True)
+            )
+        finally:
+            await first.close()
+            await second.close()
+
+    received = [mail.message["Message-ID"] for mail in smtp_sink.messages]
+    assert len(received) == len(set(received)) == 5
+    assert sum(report.sent for report in reports) == 5
+
+
+async def test_a_drain_leaves_the_rows_to_the_sender_holding_the_lock(
+    database_url: str, tmp_path: Path, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_for(database_url, tmp_path, smtp_sink)
+    await ingest(settings, make_mail(to=SUPPORT))
+    monkeypatch.setattr(delivery, "LOCK_WAIT_SECONDS", 0.3)
+    # Another process's sender: its own engine, so its own file handle or connection.
+    other_engine = make_engine(settings.database_url)
+    other = SenderLock(other_engine)
+    try:
+        assert await other.acquire(wait=0)
+        with capture_logs() as logs:
+            (row,) = await drain(settings)
+        assert row.state == "pending"
+        assert smtp_sink.messages == []
+        assert "outbox_busy_elsewhere" in [entry["event"] for entry in logs]
+    finally:
+        await other.release()
+        await other_engine.dispose()
+
+    (row,) = await drain(settings)
+    assert row.state == "sent"
+    assert len(smtp_sink.messages) == 1
