@@ -12,7 +12,13 @@ from typing import Any
 
 import aioimaplib
 
-from mailbridge.adapters.imap_protocol import Imap4, IterativeProtocol, encode_mailbox, uid_set
+from mailbridge.adapters.imap_protocol import (
+    Imap4,
+    IterativeProtocol,
+    encode_mailbox,
+    uid_set,
+    until_silent,
+)
 from mailbridge.adapters.imap_replies import (
     fetched_bodies,
     has_news,
@@ -199,12 +205,20 @@ class ImapClient:
             except TimeoutError:
                 self._log.debug("imap_close_slow")
 
-    async def _run(self, what: str, call: Callable[[Any], Awaitable[Any]]) -> Any:
-        """Await one library call under the timeout; on any failure drop the connection."""
+    async def _run(
+        self, what: str, call: Callable[[Any], Awaitable[Any]], *, while_arriving: bool = False
+    ) -> Any:
+        """Await one library call under the timeout; on any failure drop the connection.
+
+        `while_arriving`: the timeout is for silence, not for the whole reply, so a large
+        message on a slow link is fetched as long as its bytes keep coming in.
+        """
         imap = self._imap
         if imap is None:
             raise ImapError(f"{what}: not connected")
         try:
+            if while_arriving:
+                return await until_silent(imap.protocol, call(imap), self._timeout)
             return await asyncio.wait_for(call(imap), self._timeout)
         except _LIBRARY_ERRORS as error:
             reason = "timed out" if isinstance(error, TimeoutError) else repr(error)
@@ -219,9 +233,11 @@ class ImapClient:
         self._log.warning("imap_connection_dropped", command=what, reason=reason)
         raise ImapError(f"IMAP {what} on {self._settings.host}: {reason}") from cause
 
-    async def _ok(self, what: str, call: Callable[[Any], Awaitable[Any]]) -> Any:
+    async def _ok(
+        self, what: str, call: Callable[[Any], Awaitable[Any]], *, while_arriving: bool = False
+    ) -> Any:
         """`_run`, and anything but OK is a failure too."""
-        response = await self._run(what, call)
+        response = await self._run(what, call, while_arriving=while_arriving)
         if response.result != "OK":
             await self._fail(what, f"{response.result} {status_text(response)}")
         return response
@@ -307,7 +323,9 @@ class ImapClient:
             return []
         wanted = set(uids)
         response = await self._ok(
-            "fetch", lambda imap: imap.uid("fetch", uid_set(wanted), FETCH_ITEMS)
+            "fetch",
+            lambda imap: imap.uid("fetch", uid_set(wanted), FETCH_ITEMS),
+            while_arriving=True,
         )
         mails: dict[int, RawMail] = {}
         for item in fetched_bodies(response.lines, wanted):

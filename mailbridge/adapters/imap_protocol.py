@@ -7,7 +7,7 @@ import base64
 import logging
 import re
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import aioimaplib
@@ -116,8 +116,10 @@ class IterativeProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.lost = asyncio.Event()
+        self.last_received = 0.0  # the loop's clock when bytes last came in
 
     def data_received(self, d: bytes) -> None:
+        self.last_received = self.loop.time()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("received %d bytes", len(d))
         data = self.incomplete_line + d if self.incomplete_line else d
@@ -219,6 +221,25 @@ class IterativeProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
                 command._exception = _Abort(reason)
                 command.close(reason.encode(), "BYE")
         self._idle_event.set()
+
+
+async def until_silent(protocol: IterativeProtocol, reply: Awaitable[Any], silence: float) -> Any:
+    """The reply, or TimeoutError once nothing has arrived on the connection for `silence`
+    seconds: a large message on a slow link takes as long as its bytes keep coming."""
+    loop = asyncio.get_running_loop()
+    protocol.last_received = loop.time()
+    task = asyncio.ensure_future(reply)
+    try:
+        while True:
+            quiet_until = protocol.last_received + silence
+            done, _pending = await asyncio.wait({task}, timeout=quiet_until - loop.time())
+            if done:
+                return task.result()
+            if loop.time() >= protocol.last_received + silence:
+                raise TimeoutError
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 class Imap4(aioimaplib.IMAP4):  # type: ignore[misc]

@@ -442,3 +442,47 @@ def test_mailbox_names_use_modified_utf7() -> None:
     assert encode_mailbox("A & B") == '"A &- B"'
     for name in ("Entwürfe", "A & B", "日本語", "Procesate/Ș"):
         assert decode_mailbox(encode_mailbox(name)[1:-1]) == name
+
+
+async def _slow_link(mailbox: Mailbox, bytes_per_second: int) -> tuple[asyncio.Server, int]:
+    """A loopback proxy to the plain IMAP port that passes the server's bytes on slowly."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slow: bool) -> None:
+        try:
+            while data := await reader.read(16384):
+                writer.write(data)
+                await writer.drain()
+                if slow:
+                    await asyncio.sleep(len(data) / bytes_per_second)
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream = mailbox.server.host, mailbox.server.port
+        up_reader, up_writer = await asyncio.open_connection(*upstream)
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_a_large_message_on_a_slow_link_is_fetched_while_its_bytes_keep_coming(
+    mailbox: Mailbox,
+) -> None:
+    """The timeout is for silence: a 2 MB message at 1 MB/s takes about 2 s, four times the
+    0.5 s timeout, and must still arrive (a whole-command timeout stalled its folder)."""
+    big = mail(1, b"x" * 76 + b"\r\n") + (b"y" * 76 + b"\r\n") * 26_000
+    uid = mailbox.append(big)
+    server, port = await _slow_link(mailbox, 1_000_000)
+    imap = ImapClient(mailbox.settings(security="plain", port=port), timeout=0.5)
+    try:
+        await asyncio.wait_for(imap.connect(), HANG)
+        await asyncio.wait_for(imap.select("INBOX"), HANG)
+        (fetched,) = await asyncio.wait_for(imap.fetch([uid]), HANG)
+        assert fetched.data == big
+    finally:
+        await asyncio.wait_for(imap.close(), HANG)
+        server.close()
+        await server.wait_closed()
