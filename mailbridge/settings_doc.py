@@ -11,7 +11,7 @@ import types
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
@@ -26,6 +26,8 @@ def describe_type(annotation: Any) -> str:
     """A short, human name for a field's type."""
     origin = get_origin(annotation)
     args = get_args(annotation)
+    if origin is Annotated:  # a checked type (ReadableFile, Address): named as what it holds
+        return describe_type(args[0])
     if origin in (Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         name = " or ".join(describe_type(a) for a in inner)

@@ -7,9 +7,11 @@ import re
 from datetime import date, time
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -18,11 +20,78 @@ from pydantic import (
     model_validator,
 )
 
+from mailbridge.pipeline.mailsafe import ack_message_id, normalise_mailbox
+
 
 class Group(BaseModel):
     """A settings group: unknown keys are errors, so a typo in the TOML file is caught."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf passes `gt=0` (nan fails it only because every comparison with nan is false), and
+    # `config check` would print `Infinity`, which is not JSON; no setting here means "never".
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# The checks below run at load, so `config check` refuses what would otherwise only fail at
+# the first connection or the first answer sent, in a message naming neither key nor value.
+
+
+def readable_file(path: Path) -> Path:
+    """The path, if it names a file this process can open for reading."""
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as error:
+        raise ValueError(f"{path}: {error.strerror or error}") from None
+    return path
+
+
+def existing_directory(path: Path) -> Path:
+    """The path, if it names a folder."""
+    if not path.is_dir():
+        raise ValueError(f"{path}: not a directory")
+    return path
+
+
+def usable_address(value: str) -> str:
+    """The value, if answers can carry it: the test render.py applies when sending."""
+    if normalise_mailbox(value) is None:
+        raise ValueError(f"{value!r} is not a usable address")
+    return value
+
+
+def usable_domain(value: str) -> str:
+    """The value (a leading "@" allowed, as the screen strips it), if it is a domain name."""
+    if normalise_mailbox(f"postmaster@{value.strip().lstrip('@')}") is None:
+        raise ValueError(f"{value!r} is not a usable domain name")
+    return value
+
+
+ReadableFile = Annotated[Path, AfterValidator(readable_file)]
+Directory = Annotated[Path, AfterValidator(existing_directory)]
+Address = Annotated[str, AfterValidator(usable_address)]
+Domain = Annotated[str, AfterValidator(usable_domain)]
+
+DATABASE_SCHEMES = ("postgresql+asyncpg", "sqlite+aiosqlite")
+_DATABASE_FORMS = "postgresql+asyncpg://USER@HOST/DATABASE or sqlite+aiosqlite:///PATH"
+
+
+def database_url_problem(url: str) -> str | None:
+    """Why SQLAlchemy would refuse the URL, or None; without importing SQLAlchemy, which
+    `config check` does not load."""
+    scheme, separator, _ = url.partition("://")
+    if not separator or not re.fullmatch(r"[\w+]+", scheme):
+        return f"not a database URL; use {_DATABASE_FORMS}"
+    if scheme not in DATABASE_SCHEMES:
+        # The engine is async-only: plain postgresql:// or sqlite:// picks a sync driver.
+        return f"driver {scheme!r} is not supported; use {_DATABASE_FORMS}"
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError as error:
+        return f"not a database URL: {error}"
+    if scheme == "sqlite+aiosqlite" and parts.netloc:
+        return "a SQLite URL has no host: sqlite+aiosqlite:///relative.db or ////absolute.db"
+    return None
 
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -76,7 +145,7 @@ class OAuthSettings(Group):
     client_id: str = ""
     client_secret: SecretStr = SecretStr("")
     authority: str = "https://login.microsoftonline.com"
-    service_account_file: Path | None = None
+    service_account_file: ReadableFile | None = None
     subject: str = ""
     scopes: list[str] = Field(default_factory=list)
     refresh_margin_seconds: float = Field(300.0, ge=0)
@@ -106,7 +175,7 @@ class ImapSettings(Group):
     host: str = "localhost"
     port: int = Field(993, ge=1, le=65535)
     security: ImapSecurity = ImapSecurity.TLS
-    ca_file: Path | None = None
+    ca_file: ReadableFile | None = None
     user: str = ""
     password: SecretStr = SecretStr("")
     folders: list[str] = Field(default_factory=lambda: ["INBOX"], min_length=1)
@@ -133,7 +202,7 @@ class SmtpSettings(Group):
     host: str = "localhost"
     port: int = Field(587, ge=1, le=65535)
     security: SmtpSecurity = SmtpSecurity.STARTTLS
-    ca_file: Path | None = None
+    ca_file: ReadableFile | None = None
     user: str = ""
     password: SecretStr = SecretStr("")
     local_hostname: str = "mailbridge.localdomain"
@@ -149,6 +218,14 @@ class DatabaseSettings(Group):
     url: str = ""
     echo: bool = False
     upgrade_on_start: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _supported(cls, value: str) -> str:
+        problem = database_url_problem(value) if value else None
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 def default_data_dir() -> Path:
@@ -168,8 +245,8 @@ class StorageSettings(Group):
 
 class PolicySettings(Group):
     cc_mode: CcMode = CcMode.REJECT
-    own_addresses: list[str] = Field(default_factory=list)
-    own_domains: list[str] = Field(default_factory=list)
+    own_addresses: list[Address] = Field(default_factory=list)
+    own_domains: list[Domain] = Field(default_factory=list)
     noreply_pattern: str = (
         r"^(mailer-daemon|postmaster|no-?reply|do-?not-?reply|bounces?|notifications?)([+@.-]|$)"
     )
@@ -201,17 +278,33 @@ class TicketSettings(Group):
 
 class AckSettings(Group):
     enabled: bool = True
-    from_address: str = "support@example.com"
+    from_address: Address = "support@example.com"
     from_name: str = "Support"
     envelope_sender: str | None = None
     message_id_domain: str = "mailbridge.invalid"
     loop_header_value: str = "mailbridge"
-    templates_dir: Path | None = None
+    # A missing folder would silently send the packaged templates instead.
+    templates_dir: Directory | None = None
     default_language: Literal["en", "ro", "sr"] = "en"
     company: str = "Support team"
     emergency_phone: str = ""
     max_per_recipient_hour: int = Field(10, ge=0)
     max_per_recipient_day: int = Field(40, ge=0)
+
+    @field_validator("envelope_sender")
+    @classmethod
+    def _sender_usable(cls, value: str | None) -> str | None:
+        # "" is the null reverse-path (MAIL FROM:<>), a legitimate choice for automatic mail.
+        return usable_address(value) if value else value
+
+    @field_validator("message_id_domain")
+    @classmethod
+    def _id_domain_usable(cls, value: str) -> str:
+        try:
+            ack_message_id("ack", "check", value)  # what every answer's Message-ID goes through
+        except ValueError:
+            raise ValueError(f"{value!r} is not a usable domain name") from None
+        return value
 
 
 class HoursSettings(Group):

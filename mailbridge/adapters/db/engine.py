@@ -61,7 +61,7 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            _make_folder(Path(database))
         options.pop("pool_pre_ping")
         options["connect_args"] = {"timeout": 30}
     engine = create_async_engine(url, **options)
@@ -69,6 +69,20 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def _make_folder(database: Path) -> None:
+    """The SQLite file's folder; one that cannot be made is a setting to fix (exit 2)."""
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        from mailbridge.settings import ConfigError  # pydantic only on this failure path
+
+        reason = error.strerror or str(error)
+        raise ConfigError(
+            f"database.url: cannot make the folder of the SQLite file {database} ({reason}); "
+            "without database.url the file is in storage.data_dir"
+        ) from None
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
