@@ -56,13 +56,26 @@ class OneLineErrors(click.Group):
         except click.exceptions.Abort:
             click.echo("mailbridge: aborted", err=True)
             sys.exit(EXIT_ERROR)
+        except _NO_ARGS_IS_HELP as error:
+            # A bare group (`mailbridge`, `mailbridge db`): its help, readable, and click's code.
+            click.echo(error.format_message(), err=True)
+            sys.exit(EXIT_USAGE)
         except click.UsageError as error:
             hint = f" (see `{error.ctx.command_path} --help`)" if error.ctx else ""
-            click.echo(f"mailbridge: error: {_one_line(error.format_message())}{hint}", err=True)
+            error_line(f"{error.format_message()}{hint}")
             sys.exit(EXIT_USAGE)
         except click.ClickException as error:
-            click.echo(f"mailbridge: error: {_one_line(error.format_message())}", err=True)
+            error_line(error.format_message())
             sys.exit(error.status if isinstance(error, CommandError) else error.exit_code)
+
+
+def error_line(message: str) -> None:
+    """Print `mailbridge: error: …` on stderr, as one line (for errors that do not stop a run)."""
+    click.echo(f"mailbridge: error: {_one_line(message)}", err=True)
+
+
+# click >= 8.2 raises this for a group called with no arguments; 8.1 prints the help itself.
+_NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def _one_line(text: str) -> str:
@@ -117,7 +130,7 @@ def run_async(function: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., 
         import asyncio
         import socket
 
-        from sqlalchemy.exc import InterfaceError, OperationalError
+        from sqlalchemy.exc import DatabaseError, InterfaceError, OperationalError
 
         from mailbridge.adapters.db.engine import SchemaError
         from mailbridge.settings import ConfigError
@@ -140,10 +153,31 @@ def run_async(function: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., 
             # The database (or its host) is away: worth retrying, and an MTA must keep the mail
             # (Postfix bounces on any exit status but the sysexits temporary ones).
             fail(f"temporary failure, try again later: {_one_line(str(error))}", EXIT_TEMPFAIL)
+        except DatabaseError as error:
+            if not _damaged_sqlite(error):
+                raise
+            fail(f"database.url: {_sqlite_file()}: {error.orig}")
         except OSError as error:
             fail(str(error))
 
     return wrapper
+
+
+def _damaged_sqlite(error: Exception) -> bool:
+    """Whether the database file is not SQLite at all, or a damaged one: no retry mends it."""
+    name = getattr(getattr(error, "orig", None), "sqlite_errorname", None)
+    return name in ("SQLITE_NOTADB", "SQLITE_CORRUPT")
+
+
+def _sqlite_file() -> str:
+    """The file database.url names, for the error line (SQLite's own message names none)."""
+    from sqlalchemy.engine import make_url
+
+    ctx = click.get_current_context(silent=True)
+    context = ctx.find_object(Context) if ctx is not None else None
+    if context is None:
+        return "the database file"
+    return make_url(context.settings.database_url).database or "the database file"
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -223,12 +257,39 @@ def db() -> None:
     """Database schema commands."""
 
 
+def _known_revision(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """An upgrade target the migration scripts know: head, or a revision id (or its start)."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    from mailbridge.adapters.db.engine import alembic_config
+
+    scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))  # the URL is not read
+    try:
+        # Alembic asserts on "" and maps "base" or "-1" to no script: none is an upgrade target.
+        found = scripts.get_revisions(value) if value.strip() else ()
+    except CommandError:
+        found = ()
+    if not any(hasattr(script, "revision") for script in found):
+        known = ", ".join(["head", *sorted(script.revision for script in scripts.walk_revisions())])
+        raise click.BadParameter(f"{value!r} is not a revision to upgrade to (known: {known})")
+    return value
+
+
 @db.command("upgrade")
-@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@click.option(
+    "--revision",
+    default="head",
+    show_default=True,
+    callback=_known_revision,
+    help="Target revision.",
+)
 @pass_context
 @run_async
 async def db_upgrade(context: Context, revision: str) -> None:
     """Apply the schema migrations (safe to run on every start)."""
+    from alembic.util import CommandError
+
     from mailbridge.adapters.db.engine import current_revision, head_revision, make_engine, upgrade
 
     url = context.settings.database_url
@@ -236,6 +297,8 @@ async def db_upgrade(context: Context, revision: str) -> None:
     try:
         await upgrade(engine, url, revision)
         now = await current_revision(engine)
+    except CommandError as error:  # e.g. a target behind the database's own revision
+        fail(f"cannot upgrade to {revision}: {_one_line(str(error))}")
     finally:
         await engine.dispose()
     click.echo(f"database schema at {now} (head {head_revision()})")

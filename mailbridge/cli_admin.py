@@ -10,56 +10,20 @@ import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, is_dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from mailbridge.cli import Context, fail, main, pass_context, run_async, run_command
+from mailbridge.cli_mail import read_input
+from mailbridge.cli_types import ID, LIMIT
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from mailbridge.adapters.db import queries
     from mailbridge.settings import Settings
-
-_AGE = re.compile(r"^\s*(\d{1,6})\s*([smhdw])\s*$", re.IGNORECASE)
-_AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-class SinceType(click.ParamType[datetime]):
-    """A moment: `YYYY-MM-DD`, an ISO datetime, or an age such as `30m`, `2h`, `3d`, `1w`.
-
-    Dates and datetimes without an offset are local time; the value is returned in UTC.
-    """
-
-    name = "DATE|DATETIME|AGE"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> datetime:
-        if isinstance(value, datetime):
-            return value
-        text = str(value).strip()
-        age = _AGE.match(text)
-        if age:
-            delta = timedelta(**{_AGE_UNITS[age.group(2).lower()]: int(age.group(1))})
-            return datetime.now(UTC) - delta
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            self.fail(
-                f"not a date: {value!r} (use YYYY-MM-DD, an ISO datetime, or an age: 2h, 3d)",
-                param,
-                ctx,
-            )
-        if moment.tzinfo is None:
-            moment = moment.astimezone()  # local time, as the admin means it
-        return moment.astimezone(UTC)
-
-
-SINCE = SinceType()
 
 
 def plain(value: Any) -> Any:
@@ -140,7 +104,7 @@ def outbox() -> None:
 @click.option(
     "--state", type=click.Choice(["pending", "sent", "failed"]), help="Only rows in this state."
 )
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many rows.")
+@click.option("--limit", type=LIMIT, help="At most this many rows.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array instead of a table.")
 @pass_context
 @run_async
@@ -185,7 +149,7 @@ async def outbox_list(
 
 
 @outbox.command("retry")
-@click.argument("ids", metavar="[ID]...", nargs=-1, type=click.IntRange(min=1))
+@click.argument("ids", metavar="[ID]...", nargs=-1, type=ID)
 @click.option("--all", "retry_all", is_flag=True, help="Every failed row.")
 @pass_context
 @run_async
@@ -293,9 +257,9 @@ def parse_customers(text: str) -> tuple[list[queries.CustomerRecord], frozenset[
 
 
 @customers.command("import")
-@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True))
+@click.argument("file")  # read here, not checked by click: unreadable is exit 1, as for ingest
 @pass_context
-def customers_import(context: Context, file: Path) -> None:
+def customers_import(context: Context, file: str) -> None:
     """Add or update customers from a CSV file (UTF-8, header row required).
 
     \b
@@ -311,10 +275,7 @@ def customers_import(context: Context, file: Path) -> None:
       mailbridge customers import customers.csv
       printf 'email,name,priority\\nana@customer.test,Ana,urgent\\n' | mailbridge customers import -
     """
-    try:
-        data = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
-    except OSError as error:
-        fail(f"cannot read {file}: {error.strerror or error}")
+    data = read_input(file)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:

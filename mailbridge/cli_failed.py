@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mailbridge.cli import Context, fail, main, pass_context, run_async, run_command
-from mailbridge.cli_admin import SINCE, emit_json, first_line, plain, print_table, when
+from mailbridge.cli_admin import emit_json, first_line, plain, print_table, when
+from mailbridge.cli_types import ID, SINCE
 from mailbridge.records import Outcome
 
 if TYPE_CHECKING:
@@ -151,7 +152,7 @@ async def _record(app: App, inbound_id: int, *, raw: bool = False) -> queries.In
 
 
 @failed.command("show")
-@click.argument("inbound_id", metavar="ID", type=click.IntRange(min=1))
+@click.argument("inbound_id", metavar="ID", type=ID)
 @click.option("--raw", is_flag=True, help="Write the original message (.eml bytes) to stdout.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
 @pass_context
@@ -200,7 +201,7 @@ async def failed_show(context: Context, inbound_id: int, raw: bool, as_json: boo
 
 
 @failed.command("discard")
-@click.argument("ids", metavar="ID...", nargs=-1, required=True, type=click.IntRange(min=1))
+@click.argument("ids", metavar="ID...", nargs=-1, required=True, type=ID)
 @click.option("--reason", required=True, help="Why (kept with the message for the audit trail).")
 @pass_context
 @run_async
@@ -235,10 +236,12 @@ async def failed_discard(context: Context, ids: tuple[int, ...], reason: str) ->
 
 
 @failed.command("export")
-@click.argument("ids", metavar="ID...", nargs=-1, required=True, type=click.IntRange(min=1))
-@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("ids", metavar="ID...", nargs=-1, type=ID)
+@click.argument(
+    "directory", metavar="DIR", required=False, type=click.Path(path_type=Path, file_okay=False)
+)
 @pass_context
-def failed_export(context: Context, ids: tuple[int, ...], directory: Path) -> None:
+def failed_export(context: Context, ids: tuple[int, ...], directory: Path | None) -> None:
     """Write `<ID>.eml` (the exact bytes received) and `<ID>.json` (what we know) into DIR.
 
     DIR is created when missing. Useful for a bug report or to try the message elsewhere.
@@ -248,6 +251,7 @@ def failed_export(context: Context, ids: tuple[int, ...], directory: Path) -> No
       mailbridge failed export 42 /tmp/mail-42
       mailbridge failed export 42 43 ./evidence && ls ./evidence
     """
+    directory = _export_target(ids, directory)
     records = run_command(_load(context, ids))
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -262,6 +266,26 @@ def failed_export(context: Context, ids: tuple[int, ...], directory: Path) -> No
         except OSError as error:
             fail(f"cannot write {error.filename or directory}: {error.strerror or error}")
         click.echo(f"{record.id}: wrote {eml} and {meta}")
+
+
+def _export_target(ids: tuple[int, ...], directory: Path | None) -> Path:
+    """DIR, once both arguments are there; else click's own message naming the missing one."""
+    if ids and directory is not None:
+        return directory
+    # Click fills DIR before ID..., so `export 42` leaves ID... empty: when the lone value
+    # reads as an ID, DIR is what is missing.
+    ctx = click.get_current_context()
+    missing = "directory" if directory is not None and _is_id(str(directory)) else "ids"
+    param = next(p for p in ctx.command.params if p.name == missing)
+    raise click.MissingParameter(ctx=ctx, param=param)
+
+
+def _is_id(text: str) -> bool:
+    try:
+        ID.convert(text, None, None)
+    except click.BadParameter:
+        return False
+    return True
 
 
 async def _load(context: Context, ids: tuple[int, ...]) -> list[queries.InboundRecord]:

@@ -10,7 +10,17 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mailbridge.cli import EXIT_TEMPFAIL, Context, fail, main, pass_context, run_async
+from mailbridge.cli import (
+    EXIT_ERROR,
+    EXIT_TEMPFAIL,
+    Context,
+    error_line,
+    fail,
+    main,
+    pass_context,
+    run_async,
+    run_command,
+)
 from mailbridge.errors import TransientError
 from mailbridge.records import Intake
 from mailbridge.report import describe_failure, describe_plan, describe_result
@@ -32,8 +42,7 @@ def read_input(name: str) -> bytes:
 @main.command()
 @click.argument("files", nargs=-1, required=True)
 @pass_context
-@run_async
-async def ingest(context: Context, files: tuple[str, ...]) -> None:
+def ingest(context: Context, files: tuple[str, ...]) -> None:
     """Process messages from files or standard input (`-`), as an MTA pipe would.
 
     \b
@@ -43,16 +52,30 @@ async def ingest(context: Context, files: tuple[str, ...]) -> None:
 
     Exit 0 once every message is stored (as a ticket, follow-up, rejection or quarantined
     record); 75 (EX_TEMPFAIL) when the database or disk is away, so the MTA retries later;
-    1 when a file cannot be read.
+    1 when a file cannot be read, or an input is empty (the others are still stored).
     """
+    inputs = [(_label(name), read_input(name)) for name in files]
+    messages = [(label, data) for label, data in inputs if data and not data.isspace()]
+    for label, data in inputs:
+        if not data or data.isspace():
+            error_line(f"{label}: empty input, nothing stored")
+    if messages:
+        run_command(_store(context.settings, messages))
+    if len(messages) < len(inputs):
+        raise SystemExit(EXIT_ERROR)  # not ctx.exit(): see `health`
+
+
+def _label(name: str) -> str:
+    return "stdin" if name == "-" else name
+
+
+async def _store(settings: Settings, messages: list[tuple[str, bytes]]) -> None:
     from mailbridge.app import open_app
 
-    inputs = [(name, read_input(name)) for name in files]
     try:
-        async with open_app(context.settings) as app:
-            for name, data in inputs:
+        async with open_app(settings) as app:
+            for label, data in messages:
                 result = await app.processor.process(Intake(data, "pipe"))
-                label = "stdin" if name == "-" else name
                 click.echo(f"{label}: {describe_result(result)}")
     except TransientError as error:
         fail(f"temporary failure, message not stored, retry later: {error}", EXIT_TEMPFAIL)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mailbridge.cli import EXIT_ERROR, EXIT_OK, Context, main, pass_context, run_command
+from mailbridge.cli_types import HTTP_URL, SECONDS
 
 if TYPE_CHECKING:
     from mailbridge.health import Check
@@ -71,9 +72,15 @@ async def direct_checks(settings: Settings) -> list[Check]:
 
 @main.command()
 @click.option("--ready", is_flag=True, help="Readiness (/readyz) instead of liveness (/healthz).")
-@click.option("--url", help="Ask this endpoint (default: from [http] when it is enabled).")
 @click.option(
-    "--timeout", default=10.0, show_default=True, help="Seconds to wait for the endpoint."
+    "--url", type=HTTP_URL, help="Ask this endpoint (default: from [http] when it is enabled)."
+)
+@click.option(
+    "--timeout",
+    type=SECONDS,
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the endpoint.",
 )
 @pass_context
 def health(context: Context, ready: bool, url: str | None, timeout: float) -> None:

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 import click
 
 from mailbridge.cli import EXIT_ERROR, Context, fail, pass_context, run_async
-from mailbridge.cli_admin import SINCE, console, first_line
+from mailbridge.cli_admin import console, first_line
 from mailbridge.cli_failed import PROGRESS_FROM, failed
+from mailbridge.cli_types import ID, SINCE
 from mailbridge.errors import TransientError
 from mailbridge.records import Outcome
 from mailbridge.report import describe_plan, describe_result, predicted_outcome
@@ -86,7 +87,7 @@ async def _targets(
 
 
 @failed.command("replay")
-@click.argument("ids", metavar="[ID]...", nargs=-1, type=click.IntRange(min=1))
+@click.argument("ids", metavar="[ID]...", nargs=-1, type=ID)
 @click.option("--all", "replay_all", is_flag=True, help="Every failed message.")
 @click.option("--since", type=SINCE, help="Failed messages received since (2h, 3d, a date).")
 @click.option("--stage", help="Only failed messages that failed at this stage.")

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 import click
 
 from mailbridge.cli import Context, fail, main, pass_context, run_async
-from mailbridge.cli_admin import SINCE, emit_json, first_line, iso, print_table, when
+from mailbridge.cli_admin import emit_json, first_line, iso, print_table, when
+from mailbridge.cli_types import LIMIT, SINCE, TICKET_REF
 from mailbridge.records import TicketType
 from mailbridge.report import attachment_json
 
@@ -33,9 +34,7 @@ def tickets() -> None:
 )
 @click.option("--department", help="Only tickets of this department (case-insensitive).")
 @click.option("--since", type=SINCE, help="Created at or after: 2026-05-01, an ISO time, 2h, 3d.")
-@click.option(
-    "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many."
-)
+@click.option("--limit", type=LIMIT, default=50, show_default=True, help="At most this many.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array instead of a table.")
 @pass_context
 @run_async
@@ -165,7 +164,7 @@ def _plain_outbox(o: queries.OutboxRecord) -> dict[str, object]:
 
 
 @tickets.command("show")
-@click.argument("number")
+@click.argument("number", type=TICKET_REF)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
 @pass_context
 @run_async

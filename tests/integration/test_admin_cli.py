@@ -19,7 +19,7 @@ from sqlalchemy import func, select, update
 from mailbridge.adapters.db.models import Customer, Outbox
 from mailbridge.app import open_app
 from mailbridge.cli import main
-from mailbridge.cli_admin import SINCE
+from mailbridge.cli_types import SINCE
 from mailbridge.settings import DatabaseSettings, Settings, StorageSettings
 from tests.integration.harness import DbState, make_mail, png, read_db, write_config
 from tests.servers.dovecot import Mailbox
@@ -29,6 +29,7 @@ pytestmark = pytest.mark.integration
 
 SUPPORT = "support@example.test"
 UNREACHABLE_DB = "postgresql+asyncpg://postgres@127.0.0.1:1/x"
+BIG = "99999999999999999999999"  # past 2**63 - 1, the largest id SQLite or PostgreSQL holds
 
 
 @dataclass
@@ -389,6 +390,26 @@ def test_ingest_from_stdin_tempfails_while_the_database_is_away(admin: Admin) ->
     assert [t.number for t in admin.db().tickets] == ["MB-000001"]
 
 
+def test_empty_input_is_refused_and_the_other_inputs_still_make_tickets(admin: Admin) -> None:
+    empty = admin("ingest", "-", stdin=b"")
+    assert empty.exit_code == 1
+    assert one_line(empty) == "mailbridge: error: stdin: empty input, nothing stored"
+    assert empty.stdout == ""
+
+    blank = admin.file("blank.eml", b" \r\n\t\n")
+    good = admin.file("good.eml", make_mail(to=SUPPORT, message_id="<good@customer.test>"))
+    mixed = admin("ingest", blank, good, "-", stdin=b"\n")
+    assert mixed.exit_code == 1
+    assert mixed.stdout == f"{good}: ticket created MB-000001\n"
+    assert mixed.stderr.splitlines() == [
+        f"mailbridge: error: {blank}: empty input, nothing stored",
+        "mailbridge: error: stdin: empty input, nothing stored",
+    ]
+    state = admin.db()
+    assert [t.number for t in state.tickets] == ["MB-000001"]
+    assert len(state.inbound) == 1
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
@@ -405,6 +426,21 @@ def test_ingest_from_stdin_tempfails_while_the_database_is_away(admin: Admin) ->
         (("outbox", "retry"), 2, "give outbox IDs or --all"),
         (("ingest", "/nonexistent/mail.eml"), 1, "cannot read /nonexistent/mail.eml"),
         (("customers", "import", "/nonexistent/c.csv"), 1, "cannot read /nonexistent/c.csv"),
+        (("customers", "import", "/"), 1, "cannot read /: Is a directory"),
+        (("ingest", "/"), 1, "cannot read /: Is a directory"),
+        (("failed", "export", "4242"), 2, "Missing argument 'DIR'"),
+        (("failed", "export", "/tmp"), 2, "Missing argument 'ID...'"),
+        # Numbers and moments past what the database or a datetime holds are usage errors.
+        (("failed", "show", BIG), 2, f"Invalid value for 'ID': {BIG} is not in the range"),
+        (("failed", "replay", BIG), 2, "Invalid value for '[ID]...'"),
+        (("outbox", "retry", BIG), 2, "Invalid value for '[ID]...'"),
+        (("tickets", "show", BIG), 2, f"Invalid value for 'NUMBER': '{BIG}' is not a ticket"),
+        (("tickets", "list", "--limit", BIG), 2, "Invalid value for '--limit'"),
+        (("outbox", "list", "--limit", BIG), 2, "Invalid value for '--limit'"),
+        (("failed", "list", "--since", "999999w"), 2, "'--since': out of range: '999999w'"),
+        (("failed", "list", "--since", "0001-01-01"), 2, "'--since': out of range"),
+        (("tickets", "list", "--since", "0001-01-01"), 2, "'--since': out of range"),
+        (("failed", "list", "--since", "9999-12-31T23:59:59-05:00"), 2, "out of range"),
     ],
 )
 def test_bad_input_is_one_line_and_the_right_exit_code(
@@ -636,3 +672,9 @@ def test_since_takes_dates_datetimes_and_ages() -> None:
     for bad in ("yesterdayish", "2h ago", "2026-13-01", ""):
         with pytest.raises(click.BadParameter, match="not a date"):
             SINCE.convert(bad, None, None)
+    for far in ("999999w", "0001-01-01", "9999-12-31T23:59:59-05:00", "0001-01-01T00:00+01:00"):
+        with pytest.raises(click.BadParameter, match="out of range"):
+            SINCE.convert(far, None, None)
+    # The edges themselves are fine.
+    assert SINCE.convert("0001-01-01T00:00+00:00", None, None) == datetime(1, 1, 1, tzinfo=UTC)
+    assert SINCE.convert("9999-12-31T23:59+00:00", None, None).year == 9999

@@ -68,6 +68,53 @@ def test_run_refuses_an_outdated_schema_and_says_what_to_run(clean_env: dict[str
     assert "database schema at" in upgraded.stdout
 
 
+@pytest.mark.parametrize("revision", ["bogus", "", "-1", "base"])
+def test_an_unknown_revision_is_one_line_naming_it_and_exit_2(
+    clean_env: dict[str, str], revision: str
+) -> None:
+    result = CliRunner().invoke(main, ["db", "upgrade", "--revision", revision], env=clean_env)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(
+        f"mailbridge: error: Invalid value for '--revision': {revision!r} is not a revision"
+    )
+    assert "(known: head, 0001)" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+    by_id = CliRunner().invoke(main, ["db", "upgrade", "--revision", "0001"], env=clean_env)
+    assert by_id.exit_code == 0, by_id.output
+    assert "database schema at 0001" in by_id.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "commands"), [([], ("run", "db", "tickets")), (["db"], ("upgrade",))]
+)
+def test_a_group_without_a_command_prints_its_help_readably(
+    clean_env: dict[str, str], args: list[str], commands: tuple[str, ...]
+) -> None:
+    result = CliRunner().invoke(main, args, env=clean_env)
+    assert result.exit_code == 2  # click's own code for a bare group
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("Usage: ")
+    assert "Options:" in lines
+    assert "Commands:" in lines
+    for command in commands:
+        assert any(line.startswith(f"  {command} ") for line in lines), command
+    assert "error" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [["tickets", "list"], ["db", "upgrade"], ["run", "--once"]])
+def test_a_file_that_is_not_sqlite_is_one_line_naming_database_url(
+    clean_env: dict[str, str], tmp_path: Path, args: list[str]
+) -> None:
+    notes = tmp_path / "notes.db"
+    notes.write_text("these are my notes, not a database\n" * 200)
+    env = {**clean_env, "MAILBRIDGE_DATABASE__URL": f"sqlite+aiosqlite:///{notes}"}
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 1
+    assert result.stderr == f"mailbridge: error: database.url: {notes}: file is not a database\n"
+    assert notes.read_text().startswith("these are my notes")
+
+
 def test_the_installed_command_drains_a_real_mailbox(
     mailbox: Mailbox, smtp_sink: SmtpSink, tmp_path: Path
 ) -> None:

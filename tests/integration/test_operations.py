@@ -591,6 +591,25 @@ async def test_health_command_checks_database_and_logins_directly(
     assert result.stdout.startswith("FAIL http: cannot reach http://127.0.0.1:")
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--timeout", "-1"], "Invalid value for '--timeout': -1.0 is not in the range 0<x<=3600"),
+        (["--timeout", "0"], "Invalid value for '--timeout'"),
+        (["--timeout", "nan"], "Invalid value for '--timeout': 'nan' is not a number of seconds"),
+        (["--url", "ftp://x"], "Invalid value for '--url': not an http(s) URL with a host"),
+        (["--url", "http://"], "Invalid value for '--url'"),
+        (["--url", "http://[::1/healthz"], "Invalid value for '--url'"),
+    ],
+)
+def test_health_refuses_a_bad_timeout_or_url_as_usage(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, ["health", *args])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"mailbridge: error: {message}")
+    assert result.stderr.count("\n") == 1
+    assert result.stdout == ""  # no FAIL line: nothing was checked
+
+
 async def await_cli(runner: CliRunner, args: list[str]) -> Any:
     """The CLI runs its own event loop: call it from a thread, as a shell would."""
     return await asyncio.to_thread(runner.invoke, main, args)

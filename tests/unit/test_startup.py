@@ -54,6 +54,7 @@ COMMAND_MODULES = {
     "mailbridge.cli_replay",
     "mailbridge.cli_tickets",
     "mailbridge.cli_ops",
+    "mailbridge.cli_types",  # the shared parameter types: imported by the commands, as light
 }
 
 # Runs the real command line; whatever way it ends, dumps the loaded module names to a file.
