@@ -15,7 +15,9 @@ import aioimaplib
 from mailbridge.adapters.imap_protocol import (
     Imap4,
     IterativeProtocol,
+    check_keyword,
     encode_mailbox,
+    folder_key,
     uid_set,
     until_silent,
 )
@@ -47,7 +49,6 @@ _LIBRARY_ERRORS: tuple[type[BaseException], ...] = (
     aioimaplib.aioimaplib.AioImapException,
 )
 _CLOSE_ERRORS: tuple[type[BaseException], ...] = (*_LIBRARY_ERRORS, RuntimeError)
-_KEYWORD_RE = re.compile(r"[^\s(){%*\"\\\]\x00-\x1f\x7f]+", re.ASCII)
 
 
 class ImapError(TransientError):
@@ -74,19 +75,9 @@ def backoff_delay(attempt: int, cap: float, base: float = 1.0) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
-def _check_keyword(keyword: str) -> None:
-    if not _KEYWORD_RE.fullmatch(keyword):
-        raise ValueError(f"not an IMAP keyword: {keyword!r}")
-
-
 def _call(method: str, *args: str) -> Callable[[Any], Awaitable[Any]]:
     """A deferred `imap.<method>(*args)` for `ImapClient._run` (binds the arguments now)."""
     return lambda imap: getattr(imap, method)(*args)
-
-
-def _folder_key(name: str) -> str:
-    """INBOX is case-insensitive (RFC 3501 section 5.1); every other name is exact."""
-    return "INBOX" if name.upper() == "INBOX" else name
 
 
 class ImapClient:
@@ -248,9 +239,9 @@ class ImapClient:
         """CREATE each folder that LIST does not show."""
         wanted = list(dict.fromkeys(names))
         response = await self._ok("list", lambda imap: imap.list('""', "*"))
-        existing = {_folder_key(name) for name in list_names(response.lines)}
+        existing = {folder_key(name) for name in list_names(response.lines)}
         for name in wanted:
-            if _folder_key(name) in existing:
+            if folder_key(name) in existing:
                 continue
             encoded = encode_mailbox(name)
             created = await self._run("create", _call("create", encoded))
@@ -292,7 +283,7 @@ class ImapClient:
 
     async def search_unsettled(self, keyword: str) -> list[int]:
         """UIDs of the selected folder's messages without `keyword` and not \\Deleted."""
-        _check_keyword(keyword)
+        check_keyword(keyword)
         self._require_selected()
         response = await self._ok(
             "search",
@@ -342,7 +333,7 @@ class ImapClient:
 
     async def settle(self, uids: Sequence[int], folder: str, keyword: str) -> None:
         """UID MOVE to `folder` when MOVE is offered, else mark them (\\Seen `keyword`)."""
-        _check_keyword(keyword)
+        check_keyword(keyword)
         selected = self._require_selected()
         ordered = sorted(set(uids))
         for start in range(0, len(ordered), MAX_UIDS_PER_COMMAND):

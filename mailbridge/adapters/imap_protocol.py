@@ -26,6 +26,19 @@ log = logging.getLogger(__name__)
 ConnectionLostCallback = Callable[[Exception | None], None]
 
 
+_KEYWORD_RE = re.compile(r"[^\s(){%*\"\\\]\x00-\x1f\x7f]+", re.ASCII)
+
+
+def check_keyword(keyword: str) -> None:
+    if not _KEYWORD_RE.fullmatch(keyword):
+        raise ValueError(f"not an IMAP keyword: {keyword!r}")
+
+
+def folder_key(name: str) -> str:
+    """INBOX is case-insensitive (RFC 3501 section 5.1); every other name is exact."""
+    return "INBOX" if name.upper() == "INBOX" else name
+
+
 def uid_set(uids: Iterable[int]) -> str:
     """A compact IMAP sequence set: [1, 2, 3, 7] -> "1:3,7"."""
     ordered = sorted(set(uids))
