@@ -160,6 +160,9 @@ async def _replay_one(app: App, record: queries.InboundRecord, dry_run: bool) ->
         outcome = record.outcome or record.state
         ticket = f" {record.ticket_number}" if record.ticket_number else ""
         return f"{record.state} ({outcome}{ticket}), not failed: nothing to do", "skipped"
+    if record.size == 0:  # the server never gave its bytes (see record_unreadable)
+        folder = app.settings.imap.quarantine_folder
+        return f"no bytes to replay; its copy is in the IMAP folder {folder}", "still failing"
     try:
         if dry_run:
             async with app.sessions() as session:

@@ -28,7 +28,7 @@ from mailbridge.logs import get_logger
 from mailbridge.metrics import Metrics
 from mailbridge.pipeline.batch import process_batch
 from mailbridge.pipeline.process import Processor
-from mailbridge.records import Intake, Outcome, ProcessResult
+from mailbridge.records import Intake, Outcome, ProcessResult, RawMail
 from mailbridge.settings import DEFAULT_ACCOUNT, DaemonSettings, ImapSettings
 
 log = get_logger(__name__)
@@ -36,6 +36,9 @@ log = get_logger(__name__)
 SIZE_WINDOW = MAX_UIDS_PER_COMMAND
 # A batch holding a message this large is worth a garbage collection and a heap trim around it.
 LARGE_MESSAGE_BYTES = 2 * 1024 * 1024
+# A message the server lists but whose body it does not return (one its store cannot read)
+# is recorded as quarantined after this many fetches in a row, and moved, not fetched for ever.
+UNREADABLE_AFTER = 3
 
 
 def folder_for(outcome: Outcome, imap: ImapSettings) -> str:
@@ -261,7 +264,7 @@ class MailboxWorker:
         """Fetch, process and settle one batch; the number of messages settled."""
         settled = await self._known(state, batch)
         fresh = [uid for uid in batch if uid not in settled]
-        fetched = await client.fetch(fresh) if fresh else []
+        fetched = await self._fetch(client, state, fresh, settled) if fresh else []
         self.metrics.fetched.labels(mailbox=self.key).inc(len(fetched))
         self.liveness.beat()
         intakes = [Intake(r.data, "imap", self.key, r.uidvalidity, r.uid) for r in fetched]
@@ -277,6 +280,41 @@ class MailboxWorker:
             await self._settle(client, settled)
             self.liveness.beat()
         return len(settled)
+
+    async def _fetch(
+        self, client: ImapClient, state: FolderState, uids: list[int], settled: dict[int, Outcome]
+    ) -> list[RawMail]:
+        """The messages' bytes, in UID order; one the server lists but will not give is asked
+        for again, and after UNREADABLE_AFTER tries recorded (and added to `settled`)."""
+        fetched = await client.fetch(uids)
+        for _retry in range(UNREADABLE_AFTER - 1):
+            arrived = {mail.uid for mail in fetched}
+            missing = [uid for uid in uids if uid not in arrived]
+            if not missing:
+                return fetched
+            fetched = sorted([*fetched, *await client.fetch(missing)], key=lambda mail: mail.uid)
+        arrived = {mail.uid for mail in fetched}
+        settled |= await self._record_bodiless(
+            client, state, [uid for uid in uids if uid not in arrived]
+        )
+        return fetched
+
+    async def _record_bodiless(
+        self, client: ImapClient, state: FolderState, missing: Sequence[int]
+    ) -> dict[int, Outcome]:
+        """Messages still there but fetched UNREADABLE_AFTER times without a body: each
+        recorded as quarantined (no bytes, and why), so it is settled and an admin sees it.
+        A UID expunged since the search has no size: it is simply gone."""
+        present = await client.sizes(missing) if missing else {}
+        outcomes: dict[int, Outcome] = {}
+        for uid in sorted(present):
+            reason = (
+                f"the IMAP server lists UID {uid} of {self.folder} but returned no body in "
+                f"{UNREADABLE_AFTER} fetches; the message is moved to the quarantine folder"
+            )
+            intake = Intake(b"", "imap", self.key, state.uidvalidity, uid)
+            outcomes[uid] = (await self.processor.record_unreadable(intake, reason)).outcome
+        return outcomes
 
     async def _note_uidvalidity(self, state: FolderState) -> None:
         async with self.processor.sessions() as session:

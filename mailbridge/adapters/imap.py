@@ -326,7 +326,7 @@ class ImapClient:
                 )
             mails[item.uid] = RawMail(folder.name, folder.uidvalidity, item.uid, item.data)
         if len(mails) != len(wanted):
-            self._log.info(
+            self._log.warning(
                 "imap_fetch_missing", folder=folder.name, missing=sorted(wanted - set(mails))[:20]
             )
         return [mails[uid] for uid in sorted(mails)]

@@ -198,6 +198,14 @@ class Processor:
                 return existing
             return await self._run(intake, key, message_id)
 
+    async def record_unreadable(self, intake: Intake, reason: str) -> ProcessResult:
+        """A message whose bytes never arrived: a quarantined record saying why, keyed by its
+        IMAP location (there is no content to key it by), so it is settled and listed."""
+        key = f"unreadable:{intake.mailbox}:{intake.uidvalidity}:{intake.uid}"
+        with bound_contextvars(mailbox=intake.mailbox, uid=intake.uid):
+            error = PermanentError("fetch", reason)
+            return await self._quarantine(intake, key, None, "fetch", error)
+
     async def replay(self, inbound_id: int) -> ProcessResult:
         """Run a failed message again from its stored bytes, updating its record in place."""
         async with self.sessions() as session:
@@ -206,6 +214,8 @@ class Processor:
                 raise LookupError(f"no inbound message {inbound_id}")
             if row.state != "failed":
                 raise ValueError(f"inbound message {inbound_id} is {row.state}, not failed")
+            if row.size == 0:
+                raise ValueError(f"inbound message {inbound_id} has no bytes to replay")
             intake = Intake(self.blobs.kept_raw(row.raw, row.sha256, row.size), "replay")
             key, message_id = row.dedupe_key, row.message_id
         with bound_contextvars(inbound_id=inbound_id, message_id=message_id, replay=True):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
 from mailbridge import mailbox_worker
 from mailbridge.adapters.blobs import BlobStore
 from mailbridge.adapters.imap import ImapClient
+from mailbridge.app import open_app
 from tests.integration.harness import make_mail, make_settings, png, read_db, run_once
 from tests.servers.dovecot import Mailbox
 from tests.servers.smtp import SmtpSink
@@ -365,3 +367,42 @@ async def test_too_large_attachment_is_left_out_and_the_sender_is_told(  # type:
     assert "See the screenshot." in message.body_text
     (ack,) = smtp_sink.messages
     assert "huge.png" in ack.message.get_body(("plain",)).get_content()
+
+
+class WithoutOneBody(ImapClient):
+    """As a server whose store cannot read one message: SEARCH lists it, FETCH gives no body
+    (Dovecot always can, so the reply is trimmed here; the rest is the real server)."""
+
+    fetches: ClassVar[list[list[int]]] = []
+
+    async def fetch(self, uids):  # type: ignore[no-untyped-def]
+        WithoutOneBody.fetches.append(sorted(uids))
+        return [m for m in await super().fetch(uids) if b"Subject: cannot be read" not in m.data]
+
+
+async def test_a_message_the_server_never_gives_is_recorded_and_moved_not_fetched_for_ever(  # type: ignore[no-untyped-def]
+    settings_for, mailbox, smtp_sink
+):
+    settings = settings_for()
+    mailbox.append(make_mail(to=mailbox.user, subject="first"))
+    mailbox.append(make_mail(to=mailbox.user, subject="cannot be read"))
+    mailbox.append(make_mail(to=mailbox.user, subject="third"))
+    WithoutOneBody.fetches = []
+
+    await run_once(settings, client_factory=WithoutOneBody)
+
+    state = await read_db(settings)
+    assert sorted(t.subject for t in state.tickets) == ["first", "third"]
+    (unreadable,) = [i for i in state.inbound if i.state == "failed"]
+    assert (unreadable.uid, unreadable.stage, unreadable.size) == (2, "fetch", 0)
+    assert "returned no body in 3 fetches" in (unreadable.error or "")
+    assert WithoutOneBody.fetches == [[1, 2, 3], [2], [2]]
+    assert mailbox.uids("INBOX") == []
+    assert len(mailbox.uids("Quarantine")) == 1
+    assert len(smtp_sink.messages) == 2
+
+    await run_once(settings, client_factory=WithoutOneBody)  # nothing left to fetch
+    assert WithoutOneBody.fetches == [[1, 2, 3], [2], [2]]
+    async with open_app(settings) as app:
+        with pytest.raises(ValueError, match="no bytes to replay"):
+            await app.processor.replay(unreadable.id)
