@@ -256,7 +256,12 @@ class Processor:
         except IntegrityError as error:
             raced = await self._existing(key) if existing_id is None else None
             if raced is not None:
-                return raced
+                if await self._same_as_held(key, intake.data):
+                    return raced
+                # Another message won the race for this Message-ID: this one gets its own key.
+                variant = variant_key(key, intake.data)
+                held = await self._existing(variant)
+                return held if held is not None else await self._run(intake, variant, message_id)
             return await self._quarantine(intake, key, message_id, stage.name, error)
         except DBAPIError as error:
             if error.connection_invalidated:
@@ -354,25 +359,45 @@ class Processor:
             exc_info=not isinstance(error, PermanentError),
         )
         try:
-            async with self.sessions.begin() as session:
-                row = await store.inbound_by_key(session, key)
-                if row is not None and row.state != "failed":
-                    # Another worker committed this message meanwhile (the same mail in two
-                    # folders): its record stands, and this copy is a duplicate of it.
-                    held = (await held_results(session, [key]))[key]
-                    log.info("message_already_held", inbound_id=held.inbound_id)
-                    return held
-                if row is None:
-                    raw = await self._raw_to_keep(intake.data, quarantine=True)
-                    row = self._inbound_row(intake, key, message_id, raw, state="failed")
-                    session.add(row)
-                else:
-                    row.attempts += 1
-                row.state, row.outcome, row.stage = "failed", Outcome.QUARANTINED.value, stage
-                row.error_class, row.error = type(error).__name__, detail
-                row.updated_at = utcnow()
-                await advance_checkpoint(session, [intake])
-                await session.flush()
-                return ProcessResult(Outcome.QUARANTINED, row.id, None, detail, stage)
+            # Under its key, or under a variant when another message holds the key (a reused
+            # Message-ID): the variant is made from this message's own content.
+            for held_as in (key, variant_key(key, intake.data)):
+                found = await self._record_failure(intake, held_as, message_id, stage, error)
+                if found is not None:
+                    return found
         except (OperationalError, DBAPIError, OSError) as db_error:
             raise TransientError(f"cannot record the failure: {db_error}") from db_error
+        raise TransientError(f"cannot record the failure: {key} and its variant are taken")
+
+    async def _record_failure(
+        self,
+        intake: Intake,
+        key: str,
+        message_id: str | None,
+        stage: str,
+        error: Exception,
+    ) -> ProcessResult | None:
+        """The failure recorded under `key`; None when a different message holds the key."""
+        detail = clean(f"{error}", 4000) or type(error).__name__
+        async with self.sessions.begin() as session:
+            row = await store.inbound_by_key(session, key)
+            if row is not None and not await same_as_held(session, self.blobs, key, intake.data):
+                return None
+            if row is not None and row.state != "failed":
+                # Another worker committed this message meanwhile (the same mail in two
+                # folders): its record stands, and this copy is a duplicate of it.
+                held = (await held_results(session, [key]))[key]
+                log.info("message_already_held", inbound_id=held.inbound_id)
+                return held
+            if row is None:
+                raw = await self._raw_to_keep(intake.data, quarantine=True)
+                row = self._inbound_row(intake, key, message_id, raw, state="failed")
+                session.add(row)
+            else:
+                row.attempts += 1
+            row.state, row.outcome, row.stage = "failed", Outcome.QUARANTINED.value, stage
+            row.error_class, row.error = type(error).__name__, detail
+            row.updated_at = utcnow()
+            await advance_checkpoint(session, [intake])
+            await session.flush()
+            return ProcessResult(Outcome.QUARANTINED, row.id, None, detail, stage)

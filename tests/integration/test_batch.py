@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from mailbridge.adapters.db.models import Customer, InboundMessage
 from mailbridge.app import open_app
 from mailbridge.pipeline.batch import process_batch
 from mailbridge.pipeline.process import Processor
-from mailbridge.records import Intake, Outcome, ProcessResult
+from mailbridge.records import Intake, Outcome, ParsedMail, ProcessResult
 from mailbridge.settings import AckSettings, DatabaseSettings, Settings, StorageSettings
 from tests.integration.harness import make_mail, png, read_db
 
@@ -287,3 +288,38 @@ async def test_a_failure_after_another_worker_committed_the_message_leaves_its_t
     assert [(row.state, row.outcome) for row in state.inbound] == [("done", "ticket_created")]
     assert len(state.tickets) == 1
     assert len(state.outbox) == 1
+
+
+@pytest.mark.parametrize("then", ["writes", "fails"])
+async def test_another_message_committed_under_its_message_id_meanwhile_is_not_taken_for_it(
+    database_url: str, tmp_path: Path, then: str
+) -> None:
+    """B finds nothing held under the Message-ID, A commits a different message under it, then
+    B's insert loses the race (or B's message fails): B's message must still get its own
+    record, not be answered as a duplicate of A's."""
+    settings = settings_for(database_url, tmp_path)
+    ana, bob = _ana_and_bob()
+    async with open_app(settings) as worker_a, open_app(settings) as worker_b:
+        parse = worker_b.processor.parse
+
+        async def interleaved(data: bytes) -> ParsedMail:  # the race is timing: forced here
+            await worker_a.processor.process(Intake(ana, "imap", "office@localhost/INBOX", 1, 9))
+            if then == "fails":
+                raise ValueError("Bob's message cannot be parsed")
+            return await parse(data)
+
+        worker_b.processor.parse = interleaved  # type: ignore[method-assign]
+        result = await worker_b.processor.process(intakes(bob)[0])
+
+    state = await read_db(settings)
+    assert not result.duplicate
+    assert len(state.inbound) == 2
+    bobs = [row for row in state.inbound if row.id == result.inbound_id]
+    assert [row.sha256 for row in bobs] == [hashlib.sha256(bob).hexdigest()]
+    if then == "writes":
+        assert sorted(t.requester_email for t in state.tickets) == [
+            "ana@customer.test",
+            "bob@other.test",
+        ]
+    else:
+        assert result.outcome is Outcome.QUARANTINED
