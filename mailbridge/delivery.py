@@ -160,6 +160,9 @@ class OutboxWorker:
             total = DrainReport()
             after = 0
             while True:
+                if not await self.lock.still_held():  # see SenderLock.still_held
+                    log.warning("outbox_lock_lost", sent_so_far=total.sent)
+                    return total
                 rows = await self._due(include_not_due, after)
                 if not rows:
                     return total

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from structlog.testing import capture_logs
 
 from mailbridge import delivery
-from mailbridge.adapters.db.engine import make_engine
+from mailbridge.adapters.db.engine import make_engine, upgrade
 from mailbridge.adapters.db.models import InboundMessage, Outbox
 from mailbridge.adapters.db.sender_lock import SenderLock
 from mailbridge.adapters.smtp import SendResult, SendStatus
@@ -302,3 +302,47 @@ async def test_a_drain_leaves_the_rows_to_the_sender_holding_the_lock(
     (row,) = await drain(settings)
     assert row.state == "sent"
     assert len(smtp_sink.messages) == 1
+
+
+async def test_a_sender_whose_postgresql_lock_session_ends_stops_sending(
+    pg_database: str, tmp_path: Path, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL frees an advisory lock when its session ends under the holder (a failover,
+    pg_terminate_backend, idle_session_timeout); another sender may then take it, so the
+    holder must notice before it sends the next page of rows."""
+    engine = make_engine(pg_database)
+    await upgrade(engine, pg_database)
+    settings = settings_for(pg_database, tmp_path, smtp_sink)
+    await ingest(settings, *(make_mail(to=SUPPORT, subject=f"Problem {n}") for n in range(3)))
+    monkeypatch.setattr(delivery, "_BATCH", 1)  # a page per row: the check comes between sends
+
+    async def end_the_lock_session() -> None:
+        async with engine.connect() as admin:
+            pid = await admin.scalar(text("SELECT pid FROM pg_locks WHERE locktype = 'advisory'"))
+            await admin.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+    try:
+        async with open_app(settings) as app:
+            worker = OutboxWorker(settings.smtp, app.sessions)
+            send_one = worker._send_one
+
+            async def send_then_lose_the_lock(row: Outbox) -> delivery.DrainReport:
+                report = await send_one(row)
+                await end_the_lock_session()
+                return report
+
+            monkeypatch.setattr(worker, "_send_one", send_then_lose_the_lock)
+            try:
+                with capture_logs() as logs:
+                    report = await worker.drain(include_not_due=True)
+            finally:
+                await worker.close()
+    finally:
+        await engine.dispose()
+
+    assert report.sent == 1
+    assert len(smtp_sink.messages) == 1
+    assert "outbox_lock_lost" in [entry["event"] for entry in logs]
+    rows = await drain(settings)  # a sender that holds the lock sends the rest, once each
+    assert [row.state for row in rows] == ["sent"] * 3
+    assert len(smtp_sink.messages) == 3

@@ -13,6 +13,7 @@ import asyncio
 import fcntl
 import os
 import time
+from contextlib import suppress
 from pathlib import Path
 
 from sqlalchemy import text
@@ -20,10 +21,17 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mailbridge.errors import TransientError
+from mailbridge.logs import get_logger
+
+log = get_logger(__name__)
 
 # pg_advisory_lock's key: "mboutbox" in ASCII, a constant every mailbridge process shares.
 _ADVISORY_KEY = int.from_bytes(b"mboutbox", "big")
 _POLL_SECONDS = 0.1
+_HELD = text(
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+    " AND pid = pg_backend_pid())"
+)
 
 
 class SenderLock:
@@ -52,6 +60,19 @@ class SenderLock:
                 return False
             await asyncio.sleep(_POLL_SECONDS)
 
+    async def still_held(self) -> bool:
+        """Whether the lock is still this process's. A PostgreSQL session can end under its
+        holder (idle_session_timeout, pg_terminate_backend, a failover): the server then
+        frees the lock, and another sender may take it."""
+        if self._connection is None:
+            return self._fd is not None or self._in_memory
+        try:
+            held = await self._connection.scalar(_HELD)
+            await self._connection.commit()
+        except Exception:  # the session is gone, and the lock with it
+            return False
+        return bool(held)
+
     async def release(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
@@ -63,8 +84,11 @@ class SenderLock:
                     text("SELECT pg_advisory_unlock(:key)"), {"key": _ADVISORY_KEY}
                 )
                 await connection.commit()
+            except Exception as error:  # a lost session has no lock left to free
+                log.warning("outbox_lock_release_failed", error=str(error).splitlines()[0])
             finally:
-                await connection.close()
+                with suppress(Exception):
+                    await connection.close()
 
     async def _try(self) -> bool:
         if self._in_memory:
