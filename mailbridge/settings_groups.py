@@ -7,11 +7,9 @@ import re
 from datetime import date, time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from typing import Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -20,7 +18,16 @@ from pydantic import (
     model_validator,
 )
 
-from mailbridge.pipeline.mailsafe import ack_message_id, normalise_mailbox
+from mailbridge.pipeline.mailsafe import ack_message_id
+from mailbridge.settings_checks import (
+    Address,
+    Directory,
+    OwnAddress,
+    OwnDomain,
+    ReadableFile,
+    database_url_problem,
+    usable_address,
+)
 
 
 class Group(BaseModel):
@@ -29,69 +36,6 @@ class Group(BaseModel):
     # inf passes `gt=0` (nan fails it only because every comparison with nan is false), and
     # `config check` would print `Infinity`, which is not JSON; no setting here means "never".
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-# The checks below run at load, so `config check` refuses what would otherwise only fail at
-# the first connection or the first answer sent, in a message naming neither key nor value.
-
-
-def readable_file(path: Path) -> Path:
-    """The path, if it names a file this process can open for reading."""
-    try:
-        with path.open("rb"):
-            pass
-    except OSError as error:
-        raise ValueError(f"{path}: {error.strerror or error}") from None
-    return path
-
-
-def existing_directory(path: Path) -> Path:
-    """The path, if it names a folder."""
-    if not path.is_dir():
-        raise ValueError(f"{path}: not a directory")
-    return path
-
-
-def usable_address(value: str) -> str:
-    """The value, if answers can carry it: the test render.py applies when sending."""
-    if normalise_mailbox(value) is None:
-        raise ValueError(f"{value!r} is not a usable address")
-    return value
-
-
-def usable_domain(value: str) -> str:
-    """The value (a leading "@" allowed, as the screen strips it), if it is a domain name."""
-    if normalise_mailbox(f"postmaster@{value.strip().lstrip('@')}") is None:
-        raise ValueError(f"{value!r} is not a usable domain name")
-    return value
-
-
-ReadableFile = Annotated[Path, AfterValidator(readable_file)]
-Directory = Annotated[Path, AfterValidator(existing_directory)]
-Address = Annotated[str, AfterValidator(usable_address)]
-Domain = Annotated[str, AfterValidator(usable_domain)]
-
-DATABASE_SCHEMES = ("postgresql+asyncpg", "sqlite+aiosqlite")
-_DATABASE_FORMS = "postgresql+asyncpg://USER@HOST/DATABASE or sqlite+aiosqlite:///PATH"
-
-
-def database_url_problem(url: str) -> str | None:
-    """Why SQLAlchemy would refuse the URL, or None; without importing SQLAlchemy, which
-    `config check` does not load."""
-    scheme, separator, _ = url.partition("://")
-    if not separator or not re.fullmatch(r"[\w+]+", scheme):
-        return f"not a database URL; use {_DATABASE_FORMS}"
-    if scheme not in DATABASE_SCHEMES:
-        # The engine is async-only: plain postgresql:// or sqlite:// picks a sync driver.
-        return f"driver {scheme!r} is not supported; use {_DATABASE_FORMS}"
-    try:
-        parts = urlsplit(url)
-        _ = parts.port
-    except ValueError as error:
-        return f"not a database URL: {error}"
-    if scheme == "sqlite+aiosqlite" and parts.netloc:
-        return "a SQLite URL has no host: sqlite+aiosqlite:///relative.db or ////absolute.db"
-    return None
 
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -245,8 +189,8 @@ class StorageSettings(Group):
 
 class PolicySettings(Group):
     cc_mode: CcMode = CcMode.REJECT
-    own_addresses: list[Address] = Field(default_factory=list)
-    own_domains: list[Domain] = Field(default_factory=list)
+    own_addresses: list[OwnAddress] = Field(default_factory=list)
+    own_domains: list[OwnDomain] = Field(default_factory=list)
     noreply_pattern: str = (
         r"^(mailer-daemon|postmaster|no-?reply|do-?not-?reply|bounces?|notifications?)([+@.-]|$)"
     )

@@ -134,7 +134,6 @@ def _error(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
         "postgresql://u@127.0.0.1:1/x",
         "sqlite:///x.db",
         "sqlite+aiosqlite://host/x.db",
-        "postgresql+asyncpg://u@db:99999/x",
     ],
 )
 def test_a_database_url_sqlalchemy_cannot_use_is_refused_at_load(
@@ -142,6 +141,15 @@ def test_a_database_url_sqlalchemy_cannot_use_is_refused_at_load(
 ) -> None:
     message = _error(monkeypatch, MAILBRIDGE_DATABASE__URL=url)
     assert "database.url (from MAILBRIDGE_DATABASE__URL)" in message
+
+
+def test_a_password_with_a_slash_in_the_database_url_loads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A generated (base64) password often holds "/" or "+"; SQLAlchemy takes them unencoded.
+    url = "postgresql+asyncpg://mailbridge:ab/cd+ef=@db.example/mailbridge"
+    monkeypatch.setenv("MAILBRIDGE_DATABASE__URL", url)
+    assert load_settings(None).database.url == url
 
 
 def test_a_wrong_database_driver_is_told_the_accepted_ones(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -205,11 +213,14 @@ def test_usable_addresses_and_domains_load(tmp_path: Path) -> None:
     config.write_text(
         '[ack]\nfrom_address = "help@bücher.example"\nenvelope_sender = ""\n'
         'message_id_domain = "MB.Example.com"\n'
-        '[policy]\nown_addresses = ["o@example.com"]\nown_domains = ["@Corp.RO"]\n'
+        '[policy]\nown_addresses = ["o@example.com", "helpdesk@mail_srv.corp"]\n'
+        'own_domains = ["@Corp.RO", "mail_srv.corp"]\n'
     )
     settings = load_settings(config)
     assert settings.ack.envelope_sender == ""
-    assert settings.policy.own_domains == ["@Corp.RO"]
+    # Only compared with senders, never mailed to: an internal name with "_" is fine.
+    assert settings.policy.own_addresses == ["o@example.com", "helpdesk@mail_srv.corp"]
+    assert settings.policy.own_domains == ["@Corp.RO", "mail_srv.corp"]
 
 
 @pytest.mark.parametrize(
