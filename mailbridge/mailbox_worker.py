@@ -151,8 +151,13 @@ class MailboxWorker:
 
     def _client(self) -> ImapClient:
         if self.token_source is not None:
-            return self.client_factory(self.imap, token_source=self.token_source)
-        return self.client_factory(self.imap)
+            client = self.client_factory(self.imap, token_source=self.token_source)
+        else:
+            client = self.client_factory(self.imap)
+        # A fetch that keeps receiving (a large message on a slow link) is progress: without
+        # this beat it could outlast stall_seconds and the watchdog would restart the daemon.
+        client.on_progress = self.liveness.beat
+        return client
 
     async def run(self, stop: asyncio.Event, *, once: bool = False) -> None:
         attempt = 0

@@ -99,6 +99,7 @@ class ImapClient:
         self.capabilities: frozenset[str] = frozenset()
         self.has_move = False
         self.has_idle = False
+        self.on_progress: Callable[[], None] = lambda: None  # a long fetch still receiving
 
     @property
     def connected(self) -> bool:
@@ -209,7 +210,9 @@ class ImapClient:
             raise ImapError(f"{what}: not connected")
         try:
             if while_arriving:
-                return await until_silent(imap.protocol, call(imap), self._timeout)
+                return await until_silent(
+                    imap.protocol, call(imap), self._timeout, self.on_progress
+                )
             return await asyncio.wait_for(call(imap), self._timeout)
         except _LIBRARY_ERRORS as error:
             reason = "timed out" if isinstance(error, TimeoutError) else repr(error)

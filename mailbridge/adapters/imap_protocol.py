@@ -236,9 +236,15 @@ class IterativeProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
         self._idle_event.set()
 
 
-async def until_silent(protocol: IterativeProtocol, reply: Awaitable[Any], silence: float) -> Any:
+async def until_silent(
+    protocol: IterativeProtocol,
+    reply: Awaitable[Any],
+    silence: float,
+    on_progress: Callable[[], None] = lambda: None,
+) -> Any:
     """The reply, or TimeoutError once nothing has arrived on the connection for `silence`
-    seconds: a large message on a slow link takes as long as its bytes keep coming."""
+    seconds: a large message on a slow link takes as long as its bytes keep coming.
+    `on_progress` is called at least every `silence` seconds while they do."""
     loop = asyncio.get_running_loop()
     protocol.last_received = loop.time()
     task = asyncio.ensure_future(reply)
@@ -250,6 +256,7 @@ async def until_silent(protocol: IterativeProtocol, reply: Awaitable[Any], silen
                 return task.result()
             if loop.time() >= protocol.last_received + silence:
                 raise TimeoutError
+            on_progress()
     finally:
         if not task.done():
             task.cancel()

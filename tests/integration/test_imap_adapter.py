@@ -477,11 +477,14 @@ async def test_a_large_message_on_a_slow_link_is_fetched_while_its_bytes_keep_co
     uid = mailbox.append(big)
     server, port = await _slow_link(mailbox, 1_000_000)
     imap = ImapClient(mailbox.settings(security="plain", port=port), timeout=0.5)
+    progress: list[float] = []  # the worker beats its liveness here: still receiving
+    imap.on_progress = lambda: progress.append(asyncio.get_running_loop().time())
     try:
         await asyncio.wait_for(imap.connect(), HANG)
         await asyncio.wait_for(imap.select("INBOX"), HANG)
         (fetched,) = await asyncio.wait_for(imap.fetch([uid]), HANG)
         assert fetched.data == big
+        assert len(progress) >= 2
     finally:
         await asyncio.wait_for(imap.close(), HANG)
         server.close()
