@@ -22,7 +22,7 @@ from typing_extensions import override
 
 from mailbridge.adapters.db.models import Outbox
 from mailbridge.adapters.systemd import Notifier, watchdog_interval
-from mailbridge.delivery import DrainReport, OutboxWorker
+from mailbridge.delivery import DrainReport, OutboxWorker, outbox_stats
 from mailbridge.errors import TransientError
 from mailbridge.logs import get_logger
 from mailbridge.mailbox_worker import MailboxWorker
@@ -262,7 +262,9 @@ class Daemon:
         finally:
             await self.outbox.close()
         handled = sum(sum(w.status.processed.values()) for w in self.workers)
-        log.info("run_once_done", handled=handled, sent=report.sent, retried=report.retried)
+        # Counted, not taken from the report: rows another process is sending are pending too.
+        pending, _oldest_age = await outbox_stats(self.outbox.sessions)
+        log.info("run_once_done", handled=handled, sent=report.sent, pending=pending)
         if trouble is not None:
             raise trouble
-        return handled, report.retried
+        return handled, pending

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, Table, Update, bindparam, select, update
+from sqlalchemy import Engine, Table, Update, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.util import greenlet_spawn
 
@@ -122,6 +122,20 @@ def _last_error(result: SendResult) -> str | None:
     if result.refused:
         return f"delivered, but refused for: {', '.join(result.refused)}"
     return None
+
+
+async def outbox_stats(sessions: async_sessionmaker[AsyncSession]) -> tuple[int, float | None]:
+    """(pending rows, age in seconds of the oldest pending row or None)."""
+    query = select(func.count(Outbox.id), func.min(Outbox.created_at)).where(
+        Outbox.state == "pending"
+    )
+    async with sessions() as session:
+        count, oldest = (await session.execute(query)).one()
+    if oldest is None:
+        return int(count), None
+    if oldest.tzinfo is None:  # SQLite hands back naive UTC
+        oldest = oldest.replace(tzinfo=UTC)
+    return int(count), max(0.0, (datetime.now(UTC) - oldest).total_seconds())
 
 
 class OutboxWorker:

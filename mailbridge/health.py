@@ -16,15 +16,15 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mailbridge.adapters.db.engine import check_schema
-from mailbridge.adapters.db.models import Outbox
 from mailbridge.adapters.http import Handler, Response
 from mailbridge.adapters.imap import ImapClient
 from mailbridge.adapters.oauth import TokenSource
 from mailbridge.daemon import Daemon
+from mailbridge.delivery import outbox_stats
 from mailbridge.metrics import CONTENT_TYPE, Metrics
 from mailbridge.settings import ImapSettings
 
@@ -109,20 +109,6 @@ async def imap_login_check(name: str, settings: ImapSettings, client: ImapClient
     finally:
         await client.close()
     return Check(label, True, "login ok")
-
-
-async def outbox_stats(sessions: async_sessionmaker[AsyncSession]) -> tuple[int, float | None]:
-    """(pending rows, age in seconds of the oldest pending row or None)."""
-    query = select(func.count(Outbox.id), func.min(Outbox.created_at)).where(
-        Outbox.state == "pending"
-    )
-    async with sessions() as session:
-        count, oldest = (await session.execute(query)).one()
-    if oldest is None:
-        return int(count), None
-    if oldest.tzinfo is None:  # SQLite hands back naive UTC
-        oldest = oldest.replace(tzinfo=UTC)
-    return int(count), max(0.0, (datetime.now(UTC) - oldest).total_seconds())
 
 
 class Endpoints:

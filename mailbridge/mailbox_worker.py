@@ -39,6 +39,7 @@ LARGE_MESSAGE_BYTES = 2 * 1024 * 1024
 # A message the server lists but whose body it does not return (one its store cannot read)
 # is recorded as quarantined after this many fetches in a row, and moved, not fetched for ever.
 UNREADABLE_AFTER = 3
+UNREADABLE_PAUSE_SECONDS = 1.0  # between those fetches: a server's passing hiccup is not this
 
 
 def folder_for(outcome: Outcome, imap: ImapSettings) -> str:
@@ -297,6 +298,7 @@ class MailboxWorker:
             missing = [uid for uid in uids if uid not in arrived]
             if not missing:
                 return fetched
+            await asyncio.sleep(UNREADABLE_PAUSE_SECONDS)
             fetched = sorted([*fetched, *await client.fetch(missing)], key=lambda mail: mail.uid)
         arrived = {mail.uid for mail in fetched}
         settled |= await self._record_bodiless(

@@ -26,7 +26,8 @@ from mailbridge.settings import (
     SmtpSettings,
     StorageSettings,
 )
-from tests.integration.harness import make_mail
+from tests.integration.harness import make_mail, make_settings, run_once
+from tests.servers.dovecot import Mailbox
 from tests.servers.smtp import SmtpSink
 
 pytestmark = pytest.mark.integration
@@ -346,3 +347,26 @@ async def test_a_sender_whose_postgresql_lock_session_ends_stops_sending(
     rows = await drain(settings)  # a sender that holds the lock sends the rest, once each
     assert [row.state for row in rows] == ["sent"] * 3
     assert len(smtp_sink.messages) == 3
+
+
+async def test_run_once_counts_the_acks_another_sender_still_holds(
+    database_url: str,
+    tmp_path: Path,
+    mailbox: Mailbox,
+    smtp_sink: SmtpSink,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`run --once` beside a daemon that is sending: it reports the rows still pending, not 0."""
+    settings = make_settings(mailbox, smtp_sink, database_url, tmp_path / "data")
+    mailbox.append_many([make_mail(to=mailbox.user, subject=f"Problem {n}") for n in range(2)])
+    monkeypatch.setattr(delivery, "LOCK_WAIT_SECONDS", 0.2)
+    other_engine = make_engine(settings.database_url)
+    other = SenderLock(other_engine)
+    try:
+        assert await other.acquire(wait=0)
+        handled, pending = await run_once(settings)
+    finally:
+        await other.release()
+        await other_engine.dispose()
+    assert (handled, pending) == (2, 2)
+    assert smtp_sink.messages == []

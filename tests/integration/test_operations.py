@@ -33,7 +33,7 @@ from mailbridge.adapters.systemd import Notifier
 from mailbridge.app import open_app, upgrade_schema
 from mailbridge.cli import main
 from mailbridge.daemon import ServiceOutbox
-from mailbridge.health import outbox_stats
+from mailbridge.delivery import outbox_stats
 from mailbridge.records import OutgoingMail, ParsedMail
 from mailbridge.settings import (
     AckSettings,
