@@ -14,7 +14,7 @@ import click
 
 from mailbridge.cli import Context, fail, main, pass_context, run_async, run_command
 from mailbridge.cli_admin import emit_json, first_line, plain, print_table, when
-from mailbridge.cli_types import ID, SINCE
+from mailbridge.cli_types import ID, MAX_ID, SINCE
 from mailbridge.records import Outcome
 
 if TYPE_CHECKING:
@@ -281,11 +281,7 @@ def _export_target(ids: tuple[int, ...], directory: Path | None) -> Path:
 
 
 def _is_id(text: str) -> bool:
-    try:
-        ID.convert(text, None, None)
-    except click.BadParameter:
-        return False
-    return True
+    return text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_ID
 
 
 async def _load(context: Context, ids: tuple[int, ...]) -> list[queries.InboundRecord]:
