@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mailbridge.adapters.blobs import BlobStore
 from mailbridge.adapters.db import store
 from mailbridge.logs import get_logger
+from mailbridge.pipeline.parse import parse_message
 
 log = get_logger(__name__)
 
@@ -54,7 +55,28 @@ def content_fingerprint(data: bytes) -> str:
 
 
 def same_message(first: bytes, second: bytes) -> bool:
-    return first == second or content_fingerprint(first) == content_fingerprint(second)
+    """Whether two raws under one Message-ID are copies of one message that took different
+    routes: the same Date, and text that agrees once decoded (one may end in a list's footer).
+
+    Neither bytes nor headers decide: relays re-encode 8bit as quoted-printable, lists tag
+    subjects and rewrite From (DMARC), gateways prefix "[EXTERNAL]". A mailer that reuses a
+    Message-ID for another message sends it at another time, or with other text.
+    """
+    if first == second or content_fingerprint(first) == content_fingerprint(second):
+        return True
+    # Text only: attachments are listed, not decoded (this runs on the dedupe path).
+    one, other = (
+        parse_message(first, max_attachment_bytes=0),
+        parse_message(second, max_attachment_bytes=0),
+    )
+    if one.date != other.date:
+        return False
+    one_text, other_text = _words(one.body_text), _words(other.body_text)
+    return one_text.startswith(other_text) or other_text.startswith(one_text)
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())
 
 
 def variant_key(key: str, data: bytes) -> str:
