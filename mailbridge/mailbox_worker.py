@@ -320,7 +320,9 @@ class MailboxWorker:
                 f"{UNREADABLE_AFTER} fetches; the message is moved to the quarantine folder"
             )
             intake = Intake(b"", "imap", self.key, state.uidvalidity, uid)
-            outcomes[uid] = (await self.processor.record_unreadable(intake, reason)).outcome
+            result = await self.processor.record_unreadable(intake, reason)
+            self._count(result, 0.0)
+            outcomes[uid] = result.outcome
         return outcomes
 
     async def _note_uidvalidity(self, state: FolderState) -> None:

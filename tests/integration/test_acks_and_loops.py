@@ -370,3 +370,23 @@ async def test_run_once_counts_the_acks_another_sender_still_holds(
         await other_engine.dispose()
     assert (handled, pending) == (2, 2)
     assert smtp_sink.messages == []
+
+
+async def test_a_deleted_lock_file_is_noticed_by_the_sender_that_held_it(tmp_path: Path) -> None:
+    """Deleting the lock file (a cleanup script) lets another process lock a new file at the
+    same path: the first sender must see that its lock is no longer the one that counts."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'mailbridge.db'}"
+    first_engine, second_engine = make_engine(url), make_engine(url)
+    first, second = SenderLock(first_engine), SenderLock(second_engine)
+    try:
+        assert await first.acquire(wait=0)
+        assert await first.still_held()
+        (tmp_path / "mailbridge.db.outbox-lock").unlink()
+        assert await second.acquire(wait=0)
+        assert not await first.still_held()
+        assert await second.still_held()
+    finally:
+        await first.release()
+        await second.release()
+        await first_engine.dispose()
+        await second_engine.dispose()

@@ -65,7 +65,7 @@ class SenderLock:
         holder (idle_session_timeout, pg_terminate_backend, a failover): the server then
         frees the lock, and another sender may take it."""
         if self._connection is None:
-            return self._fd is not None or self._in_memory
+            return self._in_memory or self._file_still_locked()
         try:
             held = await self._connection.scalar(_HELD)
             await self._connection.commit()
@@ -97,9 +97,22 @@ class SenderLock:
             return self._try_file(self._path)
         return await self._try_advisory()
 
+    def _file_still_locked(self) -> bool:
+        """Whether the locked file is still the one at the path: a deleted (or replaced) lock
+        file would let another process lock a new one while this one still sends."""
+        if self._fd is None or self._path is None:
+            return False
+        try:
+            held, named = os.fstat(self._fd), os.stat(self._path)
+        except OSError:
+            return False
+        return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
+
     def _try_file(self, path: Path) -> bool:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            # Read-only and readable by all: the CLI run as root and the daemon as its service
+            # user must both be able to open the file that the first of them made.
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
         except OSError as error:
             raise TransientError(f"outbox lock {path}: {error.strerror or error}") from error
         try:
