@@ -94,10 +94,12 @@ async def same_as_held(session: AsyncSession, blobs: BlobStore, key: str, data: 
     try:
         held = await asyncio.to_thread(blobs.kept_raw, row.raw, row.sha256, row.size)
     except OSError as error:
-        # Unreadable, the held one cannot be compared: a second ticket for one message is
-        # the lesser harm than dropping a different one unrecorded.
+        # The held raw (a large one, in the blob store) cannot be read to compare: taken as
+        # the same message, as a Message-ID always was. A copy routed another way is far
+        # likelier than a reused Message-ID, and a second ticket would answer the customer
+        # twice; the IMAP copy of this one stays in the Processed folder, and this is logged.
         log.warning("held_raw_unreadable", inbound_id=row.id, error=str(error))
-        return False
+        return True
     if same_message(held, data):
         return True
     log.warning("message_id_reused", key=key, held_inbound_id=row.id)

@@ -323,3 +323,31 @@ async def test_another_message_committed_under_its_message_id_meanwhile_is_not_t
         ]
     else:
         assert result.outcome is Outcome.QUARANTINED
+
+
+@pytest.mark.parametrize("path", ["one-batch", "one-at-a-time"])
+async def test_a_copy_of_a_message_whose_stored_raw_is_gone_is_still_a_duplicate(
+    database_url: str, tmp_path: Path, path: str
+) -> None:
+    """The held raw is in the blob store (it is large) and its file is gone (a restore without
+    the store): the copy cannot be compared byte for byte, and is taken as the same message,
+    as the same Message-ID always was, rather than answered a second time."""
+    settings = Settings(
+        database=DatabaseSettings(url=database_url),
+        storage=StorageSettings(data_dir=tmp_path, raw_inline_max_bytes=100),
+        ack=AckSettings(from_address=SUPPORT),
+    )
+    mail = make_mail(to=SUPPORT, body="The site is down. " * 20, message_id="<big@customer.test>")
+    routed = b"Received: from relay2.isp.test by mx.example.test\r\n" + mail
+    async with open_app(settings) as app:
+        await app.processor.process(intakes(mail)[0])
+        app.blobs.path_for(hashlib.sha256(mail).hexdigest()).unlink()
+        if path == "one-batch":
+            (item,) = await process_batch(app.processor, intakes(routed, first_uid=2))
+            result = item.result
+        else:
+            result = await app.processor.process(intakes(routed, first_uid=2)[0])
+
+    state = await read_db(settings)
+    assert result.duplicate
+    assert (len(state.tickets), len(state.inbound), len(state.outbox)) == (1, 1, 1)
