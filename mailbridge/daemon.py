@@ -263,7 +263,11 @@ class Daemon:
             await self.outbox.close()
         handled = sum(sum(w.status.processed.values()) for w in self.workers)
         # Counted, not taken from the report: rows another process is sending are pending too.
-        pending, _oldest_age = await outbox_stats(self.outbox.sessions)
+        try:
+            pending, _oldest_age = await outbox_stats(self.outbox.sessions)
+        except Exception as error:  # the database gone meanwhile: the report is what we know
+            log.warning("outbox_count_failed", error=(str(error).splitlines() or ["?"])[0])
+            pending = report.retried
         log.info("run_once_done", handled=handled, sent=report.sent, pending=pending)
         if trouble is not None:
             raise trouble

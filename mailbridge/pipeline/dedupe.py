@@ -11,8 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailbridge.adapters.blobs import BlobStore
 from mailbridge.adapters.db import store
+from mailbridge.errors import TransientError
 from mailbridge.logs import get_logger
 from mailbridge.pipeline.parse import parse_message
+from mailbridge.records import ParsedMail
 
 log = get_logger(__name__)
 
@@ -56,27 +58,41 @@ def content_fingerprint(data: bytes) -> str:
 
 def same_message(first: bytes, second: bytes) -> bool:
     """Whether two raws under one Message-ID are copies of one message that took different
-    routes: the same Date, and text that agrees once decoded (one may end in a list's footer).
+    routes: the same Date, the same attachments, and the same text once decoded, where one
+    copy may end in a list's footer.
 
     Neither bytes nor headers decide: relays re-encode 8bit as quoted-printable, lists tag
     subjects and rewrite From (DMARC), gateways prefix "[EXTERNAL]". A mailer that reuses a
-    Message-ID for another message sends it at another time, or with other text.
+    Message-ID for another message sends it at another time, or with other text or files.
+    Parses both: call it off the event loop (a hostile message can take seconds).
     """
     if first == second or content_fingerprint(first) == content_fingerprint(second):
         return True
-    # Text only: attachments are listed, not decoded (this runs on the dedupe path).
+    # With max_attachment_bytes=0 attachments are listed by name, type and decoded size.
     one, other = (
         parse_message(first, max_attachment_bytes=0),
         parse_message(second, max_attachment_bytes=0),
     )
-    if one.date != other.date:
+    if one.date != other.date or _files(one) != _files(other):
         return False
-    one_text, other_text = _words(one.body_text), _words(other.body_text)
-    return one_text.startswith(other_text) or other_text.startswith(one_text)
+    return _same_text(_words(one.body_text), _words(other.body_text))
+
+
+def _files(parsed: ParsedMail) -> tuple[object, ...]:
+    return (*((a.filename, a.size) for a in parsed.attachments), *parsed.omitted)
 
 
 def _words(text: str) -> str:
     return " ".join(text.split())
+
+
+def _same_text(one: str, other: str) -> bool:
+    """Equal, or the longer is the shorter (not empty) and then more words: a footer. Not
+    "1234" against "12345", nor an empty text against any."""
+    shorter, longer = sorted((one, other), key=len)
+    if shorter == longer:
+        return True
+    return bool(shorter) and longer.startswith(shorter + " ")
 
 
 def variant_key(key: str, data: bytes) -> str:
@@ -94,13 +110,11 @@ async def same_as_held(session: AsyncSession, blobs: BlobStore, key: str, data: 
     try:
         held = await asyncio.to_thread(blobs.kept_raw, row.raw, row.sha256, row.size)
     except OSError as error:
-        # The held raw (a large one, in the blob store) cannot be read to compare: taken as
-        # the same message, as a Message-ID always was. A copy routed another way is far
-        # likelier than a reused Message-ID, and a second ticket would answer the customer
-        # twice; the IMAP copy of this one stays in the Processed folder, and this is logged.
+        # The held raw (a large one, in the blob store) cannot be read to compare. Either
+        # guess could drop a message or answer one twice: wait until the store is back.
         log.warning("held_raw_unreadable", inbound_id=row.id, error=str(error))
-        return True
-    if same_message(held, data):
+        raise TransientError(f"cannot compare with inbound message {row.id}: {error}") from error
+    if await asyncio.to_thread(same_message, held, data):
         return True
     log.warning("message_id_reused", key=key, held_inbound_id=row.id)
     return False
@@ -123,7 +137,8 @@ async def distinct_keys(
             same = await same_as_held(session, blobs, key, data)
             keys.append(key if same else variant_key(key, data))
         elif key in first:
-            keys.append(key if same_message(first[key], data) else variant_key(key, data))
+            same = await asyncio.to_thread(same_message, first[key], data)
+            keys.append(key if same else variant_key(key, data))
         else:
             first[key] = data
             keys.append(key)

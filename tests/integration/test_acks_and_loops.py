@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -390,3 +392,20 @@ async def test_a_deleted_lock_file_is_noticed_by_the_sender_that_held_it(tmp_pat
         await second.release()
         await first_engine.dispose()
         await second_engine.dispose()
+
+
+async def test_the_lock_file_opens_for_every_user_whatever_the_umask(tmp_path: Path) -> None:
+    """A CLI run as root (umask 077) that makes the lock file first must not lock the service
+    user's daemon out of it: the daemon could then never send."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'mailbridge.db'}"
+    engine = make_engine(url)
+    lock = SenderLock(engine)
+    umask = os.umask(0o077)
+    try:
+        assert await lock.acquire(wait=0)
+    finally:
+        os.umask(umask)
+        await lock.release()
+        await engine.dispose()
+    mode = (tmp_path / "mailbridge.db.outbox-lock").stat().st_mode
+    assert stat.S_IMODE(mode) == 0o644

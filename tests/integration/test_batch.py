@@ -11,7 +11,8 @@ from sqlalchemy.exc import DBAPIError
 
 from mailbridge.adapters.db import store
 from mailbridge.adapters.db.models import Customer, InboundMessage
-from mailbridge.app import open_app
+from mailbridge.app import App, open_app
+from mailbridge.errors import TransientError
 from mailbridge.pipeline.batch import process_batch
 from mailbridge.pipeline.process import Processor
 from mailbridge.records import Intake, Outcome, ParsedMail, ProcessResult
@@ -326,12 +327,12 @@ async def test_another_message_committed_under_its_message_id_meanwhile_is_not_t
 
 
 @pytest.mark.parametrize("path", ["one-batch", "one-at-a-time"])
-async def test_a_copy_of_a_message_whose_stored_raw_is_gone_is_still_a_duplicate(
+async def test_a_copy_of_a_message_whose_stored_raw_is_unreadable_waits_for_the_store(
     database_url: str, tmp_path: Path, path: str
 ) -> None:
-    """The held raw is in the blob store (it is large) and its file is gone (a restore without
-    the store): the copy cannot be compared byte for byte, and is taken as the same message,
-    as the same Message-ID always was, rather than answered a second time."""
+    """The held raw is in the blob store (it is large) and cannot be read (the store is not
+    mounted): the copy cannot be compared, and either guess could drop a message or answer one
+    twice, so it is tried again later; once the store is back it is a duplicate."""
     settings = Settings(
         database=DatabaseSettings(url=database_url),
         storage=StorageSettings(data_dir=tmp_path, raw_inline_max_bytes=100),
@@ -339,14 +340,22 @@ async def test_a_copy_of_a_message_whose_stored_raw_is_gone_is_still_a_duplicate
     )
     mail = make_mail(to=SUPPORT, body="The site is down. " * 20, message_id="<big@customer.test>")
     routed = b"Received: from relay2.isp.test by mx.example.test\r\n" + mail
-    async with open_app(settings) as app:
-        await app.processor.process(intakes(mail)[0])
-        app.blobs.path_for(hashlib.sha256(mail).hexdigest()).unlink()
+
+    async def handle(app: App) -> ProcessResult:
         if path == "one-batch":
             (item,) = await process_batch(app.processor, intakes(routed, first_uid=2))
-            result = item.result
-        else:
-            result = await app.processor.process(intakes(routed, first_uid=2)[0])
+            return item.result
+        return await app.processor.process(intakes(routed, first_uid=2)[0])
+
+    async with open_app(settings) as app:
+        await app.processor.process(intakes(mail)[0])
+        stored = app.blobs.path_for(hashlib.sha256(mail).hexdigest())
+        away = stored.with_name("away")
+        stored.rename(away)
+        with pytest.raises(TransientError, match="cannot compare"):
+            await handle(app)
+        away.rename(stored)
+        result = await handle(app)
 
     state = await read_db(settings)
     assert result.duplicate

@@ -43,12 +43,45 @@ def test_a_copy_that_took_another_route_is_the_same_message(copy: bytes) -> None
     assert same_message(copy, ORIGINAL)
 
 
+def _text(body: bytes, *, date: bytes = b"", files: tuple[bytes, ...] = ()) -> bytes:
+    """A message under the same Message-ID: this body, this Date line, these attachments."""
+    head = b"From: scanner@customer.test\r\nMessage-ID: <reused@customer.test>\r\n" + date
+    if not files:
+        return head + b"Content-Type: text/plain\r\n\r\n" + body + b"\r\n"
+    parts = [b"--b\r\nContent-Type: text/plain\r\n\r\n" + body + b"\r\n"]
+    for n, data in enumerate(files):
+        parts.append(
+            b"--b\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; "
+            b"filename=scan%d.pdf\r\n\r\n" % n + data + b"\r\n"
+        )
+    kind = b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+    return head + kind + b"".join(parts) + b"--b--\r\n"
+
+
 OTHERS = {
     "sent at another time": ORIGINAL.replace(b"10:00:00", b"10:00:01"),
     "other text at the same second": ORIGINAL.replace(
         b"My caf\xc3\xa9 order is late.", b"Please cancel my subscription."
     ),
 }
+SAME_SECOND = b"Date: Mon, 1 Jan 2024 10:00:00 +0000\r\n"
+PAIRS = {
+    "the same text, other files": (
+        _text(b"Scan attached.", date=SAME_SECOND, files=(b"%PDF one",)),
+        _text(b"Scan attached.", date=SAME_SECOND, files=(b"%PDF other page",)),
+    ),
+    "no text against a complaint": (_text(b""), _text(b"Completely different complaint")),
+    "a number one digit longer": (_text(b"Your code is 1234"), _text(b"Your code is 12345")),
+    "a greeting against a request": (_text(b"Hi"), _text(b"Hi, my printer is broken")),
+}
+
+
+@pytest.mark.parametrize(("one", "other"), PAIRS.values(), ids=PAIRS.keys())
+def test_two_messages_from_a_mailer_reusing_ids_within_a_second_stay_two(
+    one: bytes, other: bytes
+) -> None:
+    assert dedupe_key(one) == dedupe_key(other)
+    assert not same_message(one, other)
 
 
 @pytest.mark.parametrize("other", OTHERS.values(), ids=OTHERS.keys())

@@ -116,6 +116,8 @@ class SenderLock:
         except OSError as error:
             raise TransientError(f"outbox lock {path}: {error.strerror or error}") from error
         try:
+            if os.fstat(fd).st_uid == os.geteuid():
+                os.fchmod(fd, 0o644)  # the umask (077 for root, say) must not lock others out
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
