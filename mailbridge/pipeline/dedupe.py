@@ -38,8 +38,8 @@ def dedupe_key(data: bytes) -> tuple[str, str | None]:
 
 
 def content_fingerprint(data: bytes) -> str:
-    """The author's headers and the body, normalised: equal for copies of one message that
-    took different routes, different for two messages that share a Message-ID."""
+    """A digest of the author's headers and the body as bytes, routing headers left out: equal
+    for most copies (the quick test before same_message parses), and a variant key's suffix."""
     parts = _HEADER_END.split(data, maxsplit=1)
     head, body = parts[0], parts[1] if len(parts) > 1 else b""
     unfolded = re.sub(rb"\r?\n[ \t]+", b" ", head)
