@@ -14,7 +14,7 @@ import click
 
 from mailbridge.cli import Context, fail, main, pass_context, run_async, run_command
 from mailbridge.cli_admin import emit_json, first_line, plain, print_table, when
-from mailbridge.cli_types import ID, MAX_ID, SINCE
+from mailbridge.cli_types import ID, SINCE, is_row_id
 from mailbridge.records import Outcome
 
 if TYPE_CHECKING:
@@ -275,13 +275,9 @@ def _export_target(ids: tuple[int, ...], directory: Path | None) -> Path:
     # Click fills DIR before ID..., so `export 42` leaves ID... empty: when the lone value
     # reads as an ID, DIR is what is missing.
     ctx = click.get_current_context()
-    missing = "directory" if directory is not None and _is_id(str(directory)) else "ids"
+    missing = "directory" if directory is not None and is_row_id(str(directory)) else "ids"
     param = next(p for p in ctx.command.params if p.name == missing)
     raise click.MissingParameter(ctx=ctx, param=param)
-
-
-def _is_id(text: str) -> bool:
-    return text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_ID
 
 
 async def _load(context: Context, ids: tuple[int, ...]) -> list[queries.InboundRecord]:

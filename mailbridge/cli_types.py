@@ -17,6 +17,13 @@ MAX_LIMIT = 1_000_000  # rows a listing loads into memory at once
 MAX_TIMEOUT = 3600.0  # seconds; beyond that the socket layer overflows and nobody waits anyway
 
 ID = click.IntRange(1, MAX_ID)
+
+
+def is_row_id(text: str) -> bool:
+    """Whether `text` is the digits of an id the database can hold (the rule ID applies)."""
+    return text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_ID
+
+
 LIMIT = click.IntRange(1, MAX_LIMIT)
 
 _AGE = re.compile(r"^\s*(\d{1,6})\s*([smhdw])\s*$", re.IGNORECASE)
@@ -76,7 +83,7 @@ class TicketRefType(click.ParamType[str]):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         text = str(value)
         # The query reads digits-only as an id: they must make one the database can hold.
-        if text.isdigit() and not (text.isascii() and 1 <= int(text) <= MAX_ID):
+        if text.isdigit() and not is_row_id(text):
             self.fail(f"{text!r} is not a ticket number or id (ids are 1 to {MAX_ID})", param, ctx)
         return text
 
