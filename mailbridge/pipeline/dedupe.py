@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mailbridge.adapters.blobs import BlobStore
 from mailbridge.adapters.db import store
+from mailbridge.adapters.db.models import InboundMessage
 from mailbridge.errors import TransientError
 from mailbridge.logs import get_logger
 from mailbridge.pipeline.parse import parse_message
@@ -104,7 +105,11 @@ def variant_key(key: str, data: bytes) -> str:
 async def same_as_held(session: AsyncSession, blobs: BlobStore, key: str, data: bytes) -> bool:
     """Whether `data` is the message held under `key` (a re-fetch, a copy), not another one
     that reuses its Message-ID. Only a differing raw costs a read of the held one."""
-    row = await store.inbound_by_key(session, key)
+    return await same_as_row(blobs, await store.inbound_by_key(session, key), data)
+
+
+async def same_as_row(blobs: BlobStore, row: InboundMessage | None, data: bytes) -> bool:
+    """`same_as_held` for a row already read."""
     if row is None or row.sha256 == hashlib.sha256(data).hexdigest():
         return True
     try:
@@ -116,7 +121,7 @@ async def same_as_held(session: AsyncSession, blobs: BlobStore, key: str, data: 
         raise TransientError(f"cannot compare with inbound message {row.id}: {error}") from error
     if await asyncio.to_thread(same_message, held, data):
         return True
-    log.warning("message_id_reused", key=key, held_inbound_id=row.id)
+    log.warning("message_id_reused", key=row.dedupe_key, held_inbound_id=row.id)
     return False
 
 

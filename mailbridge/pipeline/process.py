@@ -17,7 +17,7 @@ from mailbridge.adapters.db.store import clean
 from mailbridge.errors import PermanentError, TransientError
 from mailbridge.logs import bound_contextvars, get_logger
 from mailbridge.pipeline.classify import classify
-from mailbridge.pipeline.dedupe import dedupe_key, same_as_held, variant_key
+from mailbridge.pipeline.dedupe import dedupe_key, same_as_held, same_as_row, variant_key
 from mailbridge.pipeline.language import choose_language
 from mailbridge.pipeline.mailsafe import recipient_key
 from mailbridge.pipeline.parse import parse_message
@@ -362,7 +362,9 @@ class Processor:
             # Under its key, or under a variant when another message holds the key (a reused
             # Message-ID): the variant is made from this message's own content.
             for held_as in (key, variant_key(key, intake.data)):
-                found = await self._record_failure(intake, held_as, message_id, stage, error)
+                found = await self._record_failure(
+                    intake, held_as, message_id, stage=stage, error=error, detail=detail
+                )
                 if found is not None:
                     return found
         except (OperationalError, DBAPIError, OSError) as db_error:
@@ -374,14 +376,15 @@ class Processor:
         intake: Intake,
         key: str,
         message_id: str | None,
+        *,
         stage: str,
         error: Exception,
+        detail: str,
     ) -> ProcessResult | None:
         """The failure recorded under `key`; None when a different message holds the key."""
-        detail = clean(f"{error}", 4000) or type(error).__name__
         async with self.sessions.begin() as session:
             row = await store.inbound_by_key(session, key)
-            if row is not None and not await same_as_held(session, self.blobs, key, intake.data):
+            if not await same_as_row(self.blobs, row, intake.data):
                 return None
             if row is not None and row.state != "failed":
                 # Another worker committed this message meanwhile (the same mail in two
